@@ -1,0 +1,178 @@
+//! The `prefixd` command line: subcommands, their flags (each also an env var) and what they
+//! run. The binary in `src/bin/prefixd.rs` only calls [`main`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::core::config::{ConfigError, PoolConfig, defaults, env};
+use crate::core::planner::{self, PlanError, PoolSnapshot};
+
+/// prefixd: AWS VPC prefix-delegation node agent for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "prefixd", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the plan the agent would carry out for a pool snapshot (what-if for warm targets).
+    ///
+    /// The snapshot has the shape the agent's /v1/pool serves; the targets come from the
+    /// environment or the flags below. Prints the plan as JSON.
+    Plan(PlanArgs),
+}
+
+/// `prefixd plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Pool snapshot JSON (the shape of the agent's /v1/pool); `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub state: PathBuf,
+    /// Warm targets.
+    #[command(flatten)]
+    pub pool: PoolArgs,
+}
+
+/// The warm-pool settings, each a flag and an env var with the VPC CNI's name.
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
+    /// Wholly free /28 prefixes to keep (used when WARM_IP_TARGET is 0).
+    #[arg(long, env = env::WARM_PREFIX_TARGET, default_value = defaults::WARM_PREFIX_TARGET, allow_hyphen_values = true)]
+    pub warm_prefix_target: String,
+    /// Free addresses to keep; 0 = unset.
+    #[arg(long, env = env::WARM_IP_TARGET, default_value = defaults::WARM_IP_TARGET, allow_hyphen_values = true)]
+    pub warm_ip_target: String,
+    /// Floor on the addresses held; 0 = unset. Never stops WARM_PREFIX_TARGET's growth.
+    #[arg(long, env = env::MINIMUM_IP_TARGET, default_value = defaults::MINIMUM_IP_TARGET, allow_hyphen_values = true)]
+    pub minimum_ip_target: String,
+    /// ENIs' worth of free addresses to keep (secondary-IP mode).
+    #[arg(long, env = env::WARM_ENI_TARGET, default_value = defaults::WARM_ENI_TARGET, allow_hyphen_values = true)]
+    pub warm_eni_target: String,
+    /// Cap on ENIs; -1 = the instance type's limit.
+    #[arg(long, env = env::MAX_ENI, default_value = defaults::MAX_ENI, allow_hyphen_values = true)]
+    pub max_eni: String,
+    /// Delegate /28 prefixes (true) or assign /32 secondary addresses (false).
+    #[arg(long, env = env::ENABLE_PREFIX_DELEGATION, default_value = defaults::ENABLE_PREFIX_DELEGATION)]
+    pub enable_prefix_delegation: String,
+    /// How long a released address waits before reuse (500ms, 30s, 2m or bare seconds).
+    #[arg(long, env = env::IP_COOLDOWN_PERIOD, default_value = defaults::IP_COOLDOWN_PERIOD)]
+    pub ip_cooldown_period: String,
+}
+
+impl PoolArgs {
+    /// Validates the values through the core's one parser.
+    pub fn to_config(&self) -> Result<PoolConfig, ConfigError> {
+        let m: BTreeMap<&str, &String> = [
+            (env::WARM_PREFIX_TARGET, &self.warm_prefix_target),
+            (env::WARM_IP_TARGET, &self.warm_ip_target),
+            (env::MINIMUM_IP_TARGET, &self.minimum_ip_target),
+            (env::WARM_ENI_TARGET, &self.warm_eni_target),
+            (env::MAX_ENI, &self.max_eni),
+            (
+                env::ENABLE_PREFIX_DELEGATION,
+                &self.enable_prefix_delegation,
+            ),
+            (env::IP_COOLDOWN_PERIOD, &self.ip_cooldown_period),
+        ]
+        .into_iter()
+        .collect();
+        PoolConfig::from_lookup(|k| m.get(k).map(|v| (*v).clone()))
+    }
+}
+
+/// A failed subcommand; printed as `prefixd: <message>` with exit code 1 (2 for bad settings).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The snapshot is not valid JSON of the snapshot's shape.
+    #[error("{path} is not a pool snapshot: {source}")]
+    SnapshotJson {
+        /// The file.
+        path: PathBuf,
+        /// Where and what.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The snapshot parses but is inconsistent.
+    #[error("{path}: {source}")]
+    Snapshot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: PlanError,
+    },
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs `prefixd plan`: returns the plan as pretty JSON.
+pub fn run_plan(args: &PlanArgs) -> Result<String, CliError> {
+    let cfg = args.pool.to_config()?;
+    let bytes = if args.state.as_os_str() == "-" {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut v).map_err(|source| {
+            CliError::Read {
+                path: args.state.clone(),
+                source,
+            }
+        })?;
+        v
+    } else {
+        std::fs::read(&args.state).map_err(|source| CliError::Read {
+            path: args.state.clone(),
+            source,
+        })?
+    };
+    let snapshot: PoolSnapshot =
+        serde_json::from_slice(&bytes).map_err(|source| CliError::SnapshotJson {
+            path: args.state.clone(),
+            source,
+        })?;
+    snapshot.validate().map_err(|source| CliError::Snapshot {
+        path: args.state.clone(),
+        source,
+    })?;
+    let plan = planner::plan(&snapshot, &cfg.targets, cfg.mode());
+    Ok(serde_json::to_string_pretty(&plan).expect("a plan serializes"))
+}
+
+/// Entry point of the `prefixd` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Plan(args) => run_plan(args).map(|out| println!("{out}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("prefixd: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

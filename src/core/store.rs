@@ -1,0 +1,515 @@
+//! The datastore made durable: every change a caller is told about is in the checkpoint first.
+//!
+//! Changes arrive one at a time or as a batch ([`Store::apply_batch`]); a batch is applied in
+//! memory and then written with one checkpoint write (group commit), which is how the agent's
+//! pool owner turns many concurrent ADDs into one fsync. If the write fails, every change of the
+//! batch is undone, in reverse order, and each caller gets the error: memory never runs ahead
+//! of the disk.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::checkpoint::{
+    CheckpointError, CheckpointSink, CheckpointV1, FileCheckpoint, LoadReport,
+};
+use super::datastore::{Allocated, Allocation, Datastore, DatastoreError, PodInfo};
+use super::types::{EniId, PodKey, Prefix28, UnixMillis};
+
+/// Why a change was not made. Nothing changed, in memory or on disk, when one is returned.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The datastore refused the change.
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    /// The change was made in memory, the checkpoint write failed, and the change was undone.
+    /// Shared by every change of the batch.
+    #[error("change undone because the checkpoint could not be written: {0}")]
+    Checkpoint(#[source] Arc<CheckpointError>),
+}
+
+/// One change to the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Give `key` an address (idempotent).
+    Allocate {
+        /// The attachment.
+        key: PodKey,
+        /// Who it is.
+        pod: PodInfo,
+    },
+    /// Take `key`'s address back into cooldown.
+    Release {
+        /// The attachment.
+        key: PodKey,
+    },
+    /// A new ENI, empty.
+    AddEni {
+        /// Its id.
+        id: EniId,
+        /// Its device index.
+        device_index: u32,
+        /// Whether it is the primary.
+        primary: bool,
+    },
+    /// Drop an ENI (see [`Datastore::remove_eni`]).
+    RemoveEni {
+        /// Its id.
+        id: EniId,
+        /// Drop what it holds too.
+        force: bool,
+    },
+    /// A prefix attached to an ENI.
+    AddPrefix {
+        /// The ENI.
+        eni: EniId,
+        /// The prefix.
+        prefix: Prefix28,
+    },
+    /// A prefix detached (see [`Datastore::remove_prefix`]).
+    RemovePrefix {
+        /// The prefix.
+        prefix: Prefix28,
+        /// Even if in use.
+        force: bool,
+    },
+    /// A secondary address attached to an ENI.
+    AddSecondaryIp {
+        /// The ENI.
+        eni: EniId,
+        /// The address.
+        addr: Ipv4Addr,
+    },
+    /// A secondary address detached.
+    RemoveSecondaryIp {
+        /// The address.
+        addr: Ipv4Addr,
+        /// Even if in use.
+        force: bool,
+    },
+}
+
+/// What a successful change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The key's address, and whether it is new.
+    Allocated(Allocated),
+    /// The released allocation.
+    Released(Allocation),
+    /// Allocations dropped by a forced removal (empty otherwise).
+    Removed(Vec<(PodKey, Allocation)>),
+    /// A structural change made.
+    Done,
+}
+
+enum Undo {
+    Allocate(PodKey),
+    Release(PodKey, Allocation),
+    Restore(Box<Datastore>),
+}
+
+/// A [`Datastore`] whose acknowledged changes are in a checkpoint.
+pub struct Store<S> {
+    ds: Datastore,
+    sink: S,
+    writes: u64,
+}
+
+impl Store<FileCheckpoint> {
+    /// Opens the checkpoint at `path`: restores it when present, starts empty when there is none.
+    /// With `discard`, an existing checkpoint is first moved aside (never deleted).
+    /// Allocations outside every attached prefix are dropped, logged and listed in the report.
+    pub fn open(
+        path: &Path,
+        cooldown: Duration,
+        discard: bool,
+        now: UnixMillis,
+    ) -> Result<(Self, LoadReport), CheckpointError> {
+        let file = FileCheckpoint::new(path)?;
+        if discard && let Some(aside) = file.discard(now)? {
+            tracing::warn!(checkpoint = %path.display(), moved_to = %aside.display(),
+                "checkpoint discarded on request: starting with an empty pool");
+        }
+        let (ds, report) = match file.load()? {
+            Some(cp) => cp.restore(cooldown, path)?,
+            None => (Datastore::new(cooldown), LoadReport::default()),
+        };
+        for (key, addr) in &report.dropped {
+            tracing::warn!(pod.key = %key, address = %addr, checkpoint = %path.display(),
+                "dropping allocation: its address lies in no attached prefix");
+        }
+        tracing::info!(checkpoint = %path.display(), restored = report.restored,
+            dropped = report.dropped.len(), "checkpoint loaded");
+        Ok((Self::new(ds, file), report))
+    }
+}
+
+impl<S: CheckpointSink> Store<S> {
+    /// Wraps a datastore and a sink. The current state is not written until the first change.
+    pub fn new(ds: Datastore, sink: S) -> Self {
+        Self {
+            ds,
+            sink,
+            writes: 0,
+        }
+    }
+
+    /// The pool, read-only.
+    pub fn datastore(&self) -> &Datastore {
+        &self.ds
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// The sink, mutably (tests inject faults through it).
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    /// Checkpoint writes made.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// Ends cooldowns that are over. Not written: a reload drops them the same way.
+    pub fn expire(&mut self, now: UnixMillis) {
+        self.ds.expire(now);
+    }
+
+    /// Writes the current state (at start-up, and on shutdown).
+    pub fn flush(&mut self) -> Result<(), CheckpointError> {
+        self.sink.write(&CheckpointV1::of(&self.ds))?;
+        self.writes += 1;
+        Ok(())
+    }
+
+    /// Gives `key` an address; durable before it returns.
+    pub fn allocate(
+        &mut self,
+        key: PodKey,
+        pod: PodInfo,
+        now: UnixMillis,
+    ) -> Result<Allocated, StoreError> {
+        match self.apply(Change::Allocate { key, pod }, now)? {
+            Outcome::Allocated(a) => Ok(a),
+            other => unreachable!("allocate gave {other:?}"),
+        }
+    }
+
+    /// Takes `key`'s address back; durable before it returns.
+    pub fn release(&mut self, key: &PodKey, now: UnixMillis) -> Result<Allocation, StoreError> {
+        match self.apply(Change::Release { key: key.clone() }, now)? {
+            Outcome::Released(a) => Ok(a),
+            other => unreachable!("release gave {other:?}"),
+        }
+    }
+
+    /// Applies one change.
+    pub fn apply(&mut self, change: Change, now: UnixMillis) -> Result<Outcome, StoreError> {
+        self.apply_batch(vec![change], now)
+            .pop()
+            .expect("one result per change")
+    }
+
+    /// Applies changes in order, then writes one checkpoint for all that changed anything.
+    /// Returns one result per change, in order.
+    pub fn apply_batch(
+        &mut self,
+        changes: Vec<Change>,
+        now: UnixMillis,
+    ) -> Vec<Result<Outcome, StoreError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        let mut alloc_keys = Vec::with_capacity(changes.len());
+        let mut undo = Vec::new();
+        for change in changes {
+            alloc_keys.push(match &change {
+                Change::Allocate { key, .. } => Some(key.clone()),
+                _ => None,
+            });
+            let r = self.apply_one(change, now);
+            results.push(r.map(|(outcome, u)| {
+                if let Some(u) = u {
+                    undo.push(u);
+                }
+                outcome
+            }));
+        }
+        if undo.is_empty() {
+            return results;
+        }
+        match self.sink.write(&CheckpointV1::of(&self.ds)) {
+            Ok(()) => {
+                self.writes += 1;
+                results
+            }
+            Err(e) => {
+                tracing::error!(error = %e, changes = undo.len(),
+                    "checkpoint write failed: undoing the changes");
+                while let Some(u) = undo.pop() {
+                    match u {
+                        Undo::Allocate(key) => self.ds.undo_allocate(&key),
+                        Undo::Release(key, alloc) => self.ds.undo_release(key, alloc),
+                        Undo::Restore(ds) => self.ds = *ds,
+                    }
+                }
+                let e = Arc::new(e);
+                results
+                    .into_iter()
+                    .zip(alloc_keys)
+                    .map(|(r, key)| match (r, key) {
+                        // An idempotent repeat changed nothing and stays answered, unless the
+                        // allocation it repeated was made, and now undone, in this batch.
+                        (Ok(Outcome::Allocated(a)), Some(key))
+                            if !a.new
+                                && self.ds.get(&key).map(|x| x.address) == Some(a.address) =>
+                        {
+                            Ok(Outcome::Allocated(a))
+                        }
+                        (Ok(_), _) => Err(StoreError::Checkpoint(e.clone())),
+                        (Err(err), _) => Err(err),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn apply_one(
+        &mut self,
+        change: Change,
+        now: UnixMillis,
+    ) -> Result<(Outcome, Option<Undo>), StoreError> {
+        let ds = &mut self.ds;
+        Ok(match change {
+            Change::Allocate { key, pod } => {
+                let undo_key = key.clone();
+                let a = ds.allocate(key, pod, now)?;
+                let undo = a.new.then_some(Undo::Allocate(undo_key));
+                (Outcome::Allocated(a), undo)
+            }
+            Change::Release { key } => {
+                let alloc = ds.release(&key, now)?;
+                (
+                    Outcome::Released(alloc.clone()),
+                    Some(Undo::Release(key, alloc)),
+                )
+            }
+            structural => {
+                let before = Box::new(ds.clone());
+                let outcome = match structural {
+                    Change::AddEni {
+                        id,
+                        device_index,
+                        primary,
+                    } => ds
+                        .add_eni(id, device_index, primary)
+                        .map(|()| Outcome::Done),
+                    Change::RemoveEni { id, force } => {
+                        ds.remove_eni(&id, force).map(Outcome::Removed)
+                    }
+                    Change::AddPrefix { eni, prefix } => {
+                        ds.add_prefix(&eni, prefix).map(|()| Outcome::Done)
+                    }
+                    Change::RemovePrefix { prefix, force } => {
+                        ds.remove_prefix(prefix, force).map(Outcome::Removed)
+                    }
+                    Change::AddSecondaryIp { eni, addr } => {
+                        ds.add_secondary_ip(&eni, addr).map(|()| Outcome::Done)
+                    }
+                    Change::RemoveSecondaryIp { addr, force } => {
+                        ds.remove_secondary_ip(addr, force).map(Outcome::Removed)
+                    }
+                    Change::Allocate { .. } | Change::Release { .. } => unreachable!(),
+                }?;
+                (outcome, Some(Undo::Restore(before)))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::checkpoint::MemoryCheckpoint;
+
+    fn key(c: &str) -> PodKey {
+        PodKey::new("net", c, "eth0").unwrap()
+    }
+
+    fn store() -> Store<MemoryCheckpoint> {
+        let mut s = Store::new(
+            Datastore::new(Duration::from_secs(30)),
+            MemoryCheckpoint::default(),
+        );
+        let eni: EniId = "eni-1".parse().unwrap();
+        s.apply(
+            Change::AddEni {
+                id: eni.clone(),
+                device_index: 0,
+                primary: true,
+            },
+            UnixMillis(0),
+        )
+        .unwrap();
+        s.apply(
+            Change::AddPrefix {
+                eni,
+                prefix: "10.0.0.16/28".parse().unwrap(),
+            },
+            UnixMillis(0),
+        )
+        .unwrap();
+        s
+    }
+
+    fn reload(s: &Store<MemoryCheckpoint>) -> Datastore {
+        CheckpointV1::from_slice(&s.sink().bytes, Path::new("mem"))
+            .unwrap()
+            .restore(Duration::from_secs(30), Path::new("mem"))
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn every_acknowledged_change_is_in_the_checkpoint() {
+        let mut s = store();
+        let a = s
+            .allocate(key("a"), PodInfo::default(), UnixMillis(1))
+            .unwrap();
+        assert_eq!(reload(&s).get(&key("a")).unwrap().address, a.address);
+        s.release(&key("a"), UnixMillis(2)).unwrap();
+        let back = reload(&s);
+        assert!(back.get(&key("a")).is_none());
+        assert_eq!(back.cooling().count(), 1);
+    }
+
+    #[test]
+    fn idempotent_repeat_and_not_found_do_not_write() {
+        let mut s = store();
+        s.allocate(key("a"), PodInfo::default(), UnixMillis(1))
+            .unwrap();
+        let w = s.writes();
+        s.allocate(key("a"), PodInfo::default(), UnixMillis(1))
+            .unwrap();
+        assert!(s.release(&key("zz"), UnixMillis(1)).is_err());
+        assert_eq!(s.writes(), w);
+    }
+
+    #[test]
+    fn failed_write_undoes_the_change_and_reports_it() {
+        let mut s = store();
+        s.allocate(key("a"), PodInfo::default(), UnixMillis(1))
+            .unwrap();
+        let before = s.datastore().clone();
+        s.sink_mut().fail_next = 1;
+        let e = s
+            .allocate(key("b"), PodInfo::default(), UnixMillis(1))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Checkpoint(_)), "{e}");
+        assert!(e.to_string().contains("undone"), "{e}");
+        assert_eq!(s.datastore(), &before);
+        s.sink_mut().fail_next = 1;
+        assert!(s.release(&key("a"), UnixMillis(1)).is_err());
+        assert_eq!(s.datastore(), &before);
+        s.sink_mut().fail_next = 1;
+        assert!(
+            s.apply(
+                Change::RemovePrefix {
+                    prefix: "10.0.0.16/28".parse().unwrap(),
+                    force: true
+                },
+                UnixMillis(1)
+            )
+            .is_err()
+        );
+        assert_eq!(s.datastore(), &before);
+        s.datastore().check_invariants().unwrap();
+        // And the next write goes through.
+        s.allocate(key("b"), PodInfo::default(), UnixMillis(1))
+            .unwrap();
+        assert_eq!(reload(&s), *s.datastore());
+    }
+
+    #[test]
+    fn a_batch_is_one_write_and_undone_whole() {
+        let mut s = store();
+        s.allocate(key("x"), PodInfo::default(), UnixMillis(1))
+            .unwrap();
+        let w = s.writes();
+        let changes: Vec<Change> = (0..8)
+            .map(|i| Change::Allocate {
+                key: key(&format!("k{i}")),
+                pod: PodInfo::default(),
+            })
+            .chain([
+                Change::Release { key: key("x") },
+                Change::Release { key: key("nope") },
+            ])
+            .collect();
+        let results = s.apply_batch(changes.clone(), UnixMillis(2));
+        assert_eq!(s.writes(), w + 1);
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 9);
+        assert!(matches!(
+            results[9],
+            Err(StoreError::Datastore(DatastoreError::NotFound(_)))
+        ));
+        assert_eq!(reload(&s), *s.datastore());
+
+        let mut t = store();
+        t.allocate(key("x"), PodInfo::default(), UnixMillis(1))
+            .unwrap();
+        let before = t.datastore().clone();
+        t.sink_mut().fail_next = 1;
+        let results = t.apply_batch(changes, UnixMillis(2));
+        assert!(
+            results[..9]
+                .iter()
+                .all(|r| matches!(r, Err(StoreError::Checkpoint(_))))
+        );
+        assert_eq!(t.datastore(), &before);
+        t.datastore().check_invariants().unwrap();
+    }
+
+    #[test]
+    fn undo_after_zero_cooldown_reuse_in_one_batch() {
+        let mut s = Store::new(Datastore::new(Duration::ZERO), MemoryCheckpoint::default());
+        let eni: EniId = "eni-1".parse().unwrap();
+        s.apply(
+            Change::AddEni {
+                id: eni.clone(),
+                device_index: 0,
+                primary: true,
+            },
+            UnixMillis(0),
+        )
+        .unwrap();
+        s.apply(
+            Change::AddSecondaryIp {
+                eni,
+                addr: Ipv4Addr::new(10, 0, 0, 9),
+            },
+            UnixMillis(0),
+        )
+        .unwrap();
+        s.allocate(key("a"), PodInfo::default(), UnixMillis(0))
+            .unwrap();
+        let before = s.datastore().clone();
+        s.sink_mut().fail_next = 1;
+        let r = s.apply_batch(
+            vec![
+                Change::Release { key: key("a") },
+                Change::Allocate {
+                    key: key("b"),
+                    pod: PodInfo::default(),
+                },
+            ],
+            UnixMillis(0),
+        );
+        assert!(r.iter().all(|r| r.is_err()));
+        assert_eq!(s.datastore(), &before);
+        s.datastore().check_invariants().unwrap();
+    }
+}

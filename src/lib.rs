@@ -1,0 +1,9 @@
+//! prefixd: a Kubernetes node agent for AWS VPC networking with IPv4 prefix delegation.
+//!
+//! See `core` for the pure pool logic (datastore, checkpoint, planner), `cli` for the
+//! subcommands behind the `prefixd` binary and `cni` for the `prefixd-cni` plugin.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod cni;
+pub mod core;

@@ -1,0 +1,306 @@
+//! Property tests over random interleavings of allocate / release / add and remove prefix and
+//! secondary address / time passing / failed checkpoint writes / crash and reload:
+//! * no address is ever held by two keys, and every held address lies in an attached block;
+//! * a cooling address is never handed out;
+//! * allocate is idempotent, and every acknowledged allocation survives a crash;
+//! * a reloaded datastore equals the one before the crash.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use prefixd::core::checkpoint::{CheckpointV1, MemoryCheckpoint};
+use prefixd::core::{
+    Change, Datastore, DatastoreError, EniId, Outcome, PodInfo, PodKey, Prefix28, Store,
+    StoreError, UnixMillis,
+};
+use proptest::prelude::*;
+
+const COOLDOWN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+enum Op {
+    Allocate(u8),
+    Release(u8),
+    AddPrefix(u8),
+    RemovePrefix(u8, bool),
+    AddIp(u8),
+    RemoveIp(u8, bool),
+    Advance(u32),
+    FailNextWrite,
+    Batch(Vec<(bool, u8)>),
+    Crash,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..40).prop_map(Op::Allocate),
+        4 => (0u8..40).prop_map(Op::Release),
+        2 => (0u8..5).prop_map(Op::AddPrefix),
+        1 => ((0u8..5), any::<bool>()).prop_map(|(i, f)| Op::RemovePrefix(i, f)),
+        1 => (0u8..4).prop_map(Op::AddIp),
+        1 => ((0u8..4), any::<bool>()).prop_map(|(i, f)| Op::RemoveIp(i, f)),
+        2 => (0u32..40_000).prop_map(Op::Advance),
+        1 => Just(Op::FailNextWrite),
+        1 => prop::collection::vec((any::<bool>(), 0u8..40), 1..8).prop_map(Op::Batch),
+        1 => Just(Op::Crash),
+    ]
+}
+
+fn key(i: u8) -> PodKey {
+    PodKey::new("net", format!("c{i}"), "eth0").unwrap()
+}
+fn eni(i: u8) -> EniId {
+    format!("eni-{}", i % 2 + 1).parse().unwrap()
+}
+fn prefix(i: u8) -> Prefix28 {
+    Prefix28::new(Ipv4Addr::new(10, 0, 0, 16 * i)).unwrap()
+}
+fn ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 9, i)
+}
+
+/// What the test knows from the answers it was given.
+#[derive(Default)]
+struct Model {
+    /// Acknowledged allocations.
+    held: HashMap<PodKey, Ipv4Addr>,
+    /// Acknowledged releases: address → end of its cooldown.
+    cooling_until: HashMap<Ipv4Addr, UnixMillis>,
+}
+
+impl Model {
+    fn forget_block(&mut self, contains: impl Fn(Ipv4Addr) -> bool) {
+        self.held.retain(|_, a| !contains(*a));
+        self.cooling_until.retain(|a, _| !contains(*a));
+    }
+
+    fn on_allocated(&mut self, k: &PodKey, addr: Ipv4Addr, new: bool, now: UnixMillis) {
+        if let Some(prev) = self.held.get(k) {
+            assert_eq!(*prev, addr, "allocate is not idempotent for {k}");
+            assert!(!new, "a repeat allocate of {k} claims to be new");
+        } else {
+            assert!(new);
+            if let Some(until) = self.cooling_until.get(&addr) {
+                assert!(
+                    *until <= now,
+                    "{addr} handed out at {now:?} while cooling until {until:?}"
+                );
+            }
+            assert!(
+                !self.held.values().any(|a| *a == addr),
+                "{addr} handed to {k} while held by another key"
+            );
+            self.held.insert(k.clone(), addr);
+        }
+    }
+}
+
+fn reload(bytes: &[u8]) -> Datastore {
+    CheckpointV1::from_slice(bytes, Path::new("mem"))
+        .unwrap()
+        .restore(COOLDOWN, Path::new("mem"))
+        .unwrap()
+        .0
+}
+
+fn new_store() -> Store<MemoryCheckpoint> {
+    let mut ds = Datastore::new(COOLDOWN);
+    ds.add_eni(eni(0), 0, true).unwrap();
+    ds.add_eni(eni(1), 1, false).unwrap();
+    ds.add_prefix(&eni(0), prefix(1)).unwrap();
+    let mut s = Store::new(ds, MemoryCheckpoint::default());
+    s.flush().unwrap();
+    s
+}
+
+fn run(ops: Vec<Op>) {
+    let mut store = new_store();
+    let mut model = Model::default();
+    let mut now = UnixMillis(1_000);
+    for op in ops {
+        match op {
+            Op::Allocate(i) => match store.allocate(key(i), PodInfo::default(), now) {
+                Ok(a) => model.on_allocated(&key(i), a.address, a.new, now),
+                Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
+                    assert!(!model.held.contains_key(&key(i)));
+                }
+                Err(StoreError::Checkpoint(_)) => {}
+                Err(e) => panic!("allocate: {e}"),
+            },
+            Op::Release(i) => match store.release(&key(i), now) {
+                Ok(a) => {
+                    assert_eq!(model.held.remove(&key(i)), Some(a.address));
+                    model.cooling_until.insert(a.address, now.plus(COOLDOWN));
+                }
+                Err(StoreError::Datastore(DatastoreError::NotFound(_))) => {
+                    assert!(!model.held.contains_key(&key(i)));
+                }
+                Err(StoreError::Checkpoint(_)) => {}
+                Err(e) => panic!("release: {e}"),
+            },
+            Op::AddPrefix(i) => {
+                let _ = store.apply(
+                    Change::AddPrefix {
+                        eni: eni(i),
+                        prefix: prefix(i),
+                    },
+                    now,
+                );
+            }
+            Op::RemovePrefix(i, force) => {
+                let r = store.apply(
+                    Change::RemovePrefix {
+                        prefix: prefix(i),
+                        force,
+                    },
+                    now,
+                );
+                if let Ok(Outcome::Removed(dropped)) = r {
+                    for (k, _) in &dropped {
+                        assert!(model.held.contains_key(k));
+                    }
+                    model.forget_block(|a| prefix(i).contains(a));
+                }
+            }
+            Op::AddIp(i) => {
+                let _ = store.apply(
+                    Change::AddSecondaryIp {
+                        eni: eni(i),
+                        addr: ip(i),
+                    },
+                    now,
+                );
+            }
+            Op::RemoveIp(i, force) => {
+                let r = store.apply(Change::RemoveSecondaryIp { addr: ip(i), force }, now);
+                if r.is_ok() {
+                    model.forget_block(|a| a == ip(i));
+                }
+            }
+            Op::Advance(ms) => now = UnixMillis(now.0 + u64::from(ms)),
+            Op::FailNextWrite => store.sink_mut().fail_next = 1,
+            Op::Batch(items) => {
+                let changes: Vec<Change> = items
+                    .iter()
+                    .map(|(alloc, i)| {
+                        if *alloc {
+                            Change::Allocate {
+                                key: key(*i),
+                                pod: PodInfo::default(),
+                            }
+                        } else {
+                            Change::Release { key: key(*i) }
+                        }
+                    })
+                    .collect();
+                let results = store.apply_batch(changes, now);
+                let mut pending_model = Vec::new();
+                for ((alloc, i), r) in items.iter().zip(results) {
+                    match (alloc, r) {
+                        (true, Ok(Outcome::Allocated(a))) => {
+                            pending_model.push((true, *i, a.address, a.new))
+                        }
+                        (false, Ok(Outcome::Released(a))) => {
+                            pending_model.push((false, *i, a.address, false))
+                        }
+                        (_, Ok(o)) => panic!("unexpected {o:?}"),
+                        (_, Err(_)) => {}
+                    }
+                }
+                for (alloc, i, addr, new) in pending_model {
+                    if alloc {
+                        model.on_allocated(&key(i), addr, new, now);
+                    } else {
+                        assert_eq!(model.held.remove(&key(i)), Some(addr));
+                        model.cooling_until.insert(addr, now.plus(COOLDOWN));
+                    }
+                }
+            }
+            Op::Crash => {
+                let bytes = store.sink().bytes.clone();
+                let mut back = reload(&bytes);
+                let mut mem = store.datastore().clone();
+                back.expire(now);
+                mem.expire(now);
+                assert_eq!(
+                    back, mem,
+                    "reloaded datastore differs from the one before the crash"
+                );
+                let sink = MemoryCheckpoint {
+                    bytes,
+                    ..MemoryCheckpoint::default()
+                };
+                store = Store::new(back, sink);
+            }
+        }
+        let ds = store.datastore();
+        ds.check_invariants().unwrap();
+        let actual: HashMap<PodKey, Ipv4Addr> = ds
+            .allocations()
+            .map(|(k, a)| (k.clone(), a.address))
+            .collect();
+        assert_eq!(
+            actual, model.held,
+            "allocations differ from what callers were told"
+        );
+        // Memory never runs ahead of the disk: the checkpoint holds exactly these allocations.
+        let on_disk = reload(&store.sink().bytes);
+        let disk: HashMap<PodKey, Ipv4Addr> = on_disk
+            .allocations()
+            .map(|(k, a)| (k.clone(), a.address))
+            .collect();
+        assert_eq!(
+            disk, model.held,
+            "checkpoint differs from what callers were told"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn datastore_invariants_hold(ops in prop::collection::vec(op(), 1..120)) {
+        run(ops);
+    }
+}
+
+/// The same through real files: a crash is dropping the store and opening the file again.
+mod on_disk {
+    use super::*;
+    use prefixd::core::checkpoint::FileCheckpoint;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn reopen_equals_before_crash(ops in prop::collection::vec((0u8..3, 0u8..20), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("checkpoint.json");
+            let mut ds = Datastore::new(COOLDOWN);
+            ds.add_eni(eni(0), 0, true).unwrap();
+            ds.add_prefix(&eni(0), prefix(1)).unwrap();
+            ds.add_prefix(&eni(0), prefix(2)).unwrap();
+            let mut store = Store::new(ds, FileCheckpoint::new(&path).unwrap());
+            store.flush().unwrap();
+            let now = UnixMillis(5_000);
+            for (kind, i) in ops {
+                match kind {
+                    0 => { let _ = store.allocate(key(i), PodInfo { namespace: "ns".into(), name: format!("p{i}") }, now); }
+                    1 => { let _ = store.release(&key(i), now); }
+                    _ => {
+                        let before = store.datastore().clone();
+                        drop(store);
+                        let (s, report) = Store::open(&path, COOLDOWN, false, now).unwrap();
+                        prop_assert!(report.dropped.is_empty());
+                        prop_assert_eq!(s.datastore(), &before);
+                        store = s;
+                    }
+                }
+                store.datastore().check_invariants().unwrap();
+            }
+        }
+    }
+}
