@@ -105,5 +105,29 @@ fn checkpointed(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, in_memory, checkpointed);
+/// The floor: the same file operations as one checkpoint write (write a temp file of the same
+/// size, fsync it, rename it, fsync the directory) without building the JSON.
+fn fsync_floor(c: &mut Criterion) {
+    use std::io::Write;
+    let dir =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let (ds, _) = pool(Duration::from_millis(1));
+    let bytes = serde_json::to_vec(&prefixd::core::CheckpointV1::of(&ds)).unwrap();
+    let (tmp, path) = (dir.path().join("f.tmp"), dir.path().join("f.json"));
+    let dirf = std::fs::File::open(dir.path()).unwrap();
+    let mut g = c.benchmark_group("checkpointed");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    g.bench_function("floor_write_fsync_rename_fsync_dir", |b| {
+        b.iter(|| {
+            let mut f = std::fs::File::create(&tmp).unwrap();
+            f.write_all(&bytes).unwrap();
+            f.sync_all().unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            dirf.sync_all().unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, in_memory, checkpointed, fsync_floor);
 criterion_main!(benches);
