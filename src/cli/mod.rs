@@ -2,6 +2,7 @@
 //! run. The binary in `src/bin/prefixd.rs` only calls [`main`].
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,6 +28,30 @@ pub enum Command {
     /// The snapshot has the shape the agent's /v1/pool serves; the targets come from the
     /// environment or the flags below. Prints the plan as JSON.
     Plan(PlanArgs),
+    /// Run the mock EC2 (EC2 Query API, IMDSv2 and an admin API under /_mock/) on a local port.
+    ///
+    /// Prints one JSON line with the endpoint and the scenario's names, then serves until
+    /// interrupted. Point aws-sdk-ec2 or the aws CLI at the endpoint (`--endpoint-url`), and
+    /// IMDS clients at the same address (AWS_EC2_METADATA_SERVICE_ENDPOINT).
+    MockEc2(MockArgs),
+}
+
+/// `prefixd mock-ec2`.
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:4567")]
+    pub listen: SocketAddr,
+    /// Scenario JSON (VPCs, subnets, instances, throttling, latency, faults); default: one
+    /// VPC, one subnet, one m5.large named `node`.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Turn EC2's token-bucket throttling on (overrides the scenario).
+    #[arg(long)]
+    pub throttle: bool,
+    /// Use the built-in latency model of real EC2 (overrides the scenario's).
+    #[arg(long)]
+    pub realistic_latency: bool,
 }
 
 /// `prefixd plan`.
@@ -111,6 +136,18 @@ pub enum CliError {
         #[source]
         source: serde_json::Error,
     },
+    /// A mock scenario is invalid.
+    #[error(transparent)]
+    Scenario(crate::mock::scenario::ScenarioError),
+    /// A server could not start.
+    #[error("{what}: {source}")]
+    Serve {
+        /// What was starting.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The snapshot parses but is inconsistent.
     #[error("{path}: {source}")]
     Snapshot {
@@ -120,6 +157,12 @@ pub enum CliError {
         #[source]
         source: PlanError,
     },
+}
+
+impl From<crate::mock::scenario::ScenarioError> for CliError {
+    fn from(e: crate::mock::scenario::ScenarioError) -> Self {
+        CliError::Scenario(e)
+    }
 }
 
 impl CliError {
@@ -162,11 +205,86 @@ pub fn run_plan(args: &PlanArgs) -> Result<String, CliError> {
     Ok(serde_json::to_string_pretty(&plan).expect("a plan serializes"))
 }
 
+/// Logs to stderr: human-readable, or JSON with LOG_FORMAT=json; level from RUST_LOG
+/// (default info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs `prefixd mock-ec2` until interrupted.
+pub fn run_mock(args: &MockArgs) -> Result<(), CliError> {
+    use crate::mock::scenario::{LatencySpec, Scenario};
+    let (mut scenario, name) = match &args.scenario {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| CliError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let name = p.display().to_string();
+            (Scenario::parse(&text, &name)?, name)
+        }
+        None => (Scenario::default_scenario(), "default".to_owned()),
+    };
+    if args.throttle {
+        scenario.throttling.enabled = true;
+    }
+    if args.realistic_latency {
+        scenario.latency = LatencySpec::realistic();
+    }
+    let built = scenario.build(&name)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|source| CliError::Serve {
+        what: "tokio runtime".into(),
+        source,
+    })?;
+    rt.block_on(async {
+        let server = crate::mock::MockServer::start(built, args.listen)
+            .await
+            .map_err(|source| CliError::Serve {
+                what: format!("mock EC2 on {}", args.listen),
+                source,
+            })?;
+        println!(
+            "{}",
+            serde_json::json!({ "endpoint": server.endpoint(), "names": server.names() })
+        );
+        shutdown_signal().await;
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
 /// Entry point of the `prefixd` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match &cli.command {
         Command::Plan(args) => run_plan(args).map(|out| println!("{out}")),
+        Command::MockEc2(args) => run_mock(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod datastore;
+pub mod instance_types;
 pub mod planner;
 pub mod store;
 pub mod types;

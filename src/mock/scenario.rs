@@ -1,0 +1,455 @@
+//! Scenario files: a VPC, subnets, reservations, instances, throttling, latency and faults, set up
+//! in one step. JSON; every field is checked and an error names the field.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::actions::ACTIONS;
+use super::addr::ReservationKind;
+use super::control::{Control, ErrorRateSpec, FaultSpec};
+use super::model::{Model, Tags};
+use crate::core::config::parse_duration;
+use crate::core::instance_types;
+
+/// The embedded default: one VPC, one subnet, one m5.large named `node`.
+pub const DEFAULT_SCENARIO: &str = include_str!("default-scenario.json");
+
+/// A scenario that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("scenario {source_name}: {field}: {why}")]
+pub struct ScenarioError {
+    /// The file (or "default").
+    pub source_name: String,
+    /// The field's path, e.g. `vpcs[0].subnets[1].cidr`.
+    pub field: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+/// A scenario file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Region name.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// VPCs with their subnets.
+    #[serde(default)]
+    pub vpcs: Vec<VpcSpec>,
+    /// Instances.
+    #[serde(default)]
+    pub instances: Vec<InstanceSpec>,
+    /// Throttling.
+    #[serde(default)]
+    pub throttling: ThrottlingSpec,
+    /// Latency model.
+    #[serde(default)]
+    pub latency: LatencySpec,
+    /// Faults armed at start.
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+    /// Error rates.
+    #[serde(default)]
+    pub error_rates: Vec<ErrorRateSpec>,
+    /// The instance (by name) whose metadata IMDS serves; default the first.
+    #[serde(default)]
+    pub imds_instance: Option<String>,
+    /// Seed of the error-rate generator.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_region() -> String {
+    "us-west-2".into()
+}
+
+/// A VPC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VpcSpec {
+    /// Its name (the `Name` tag).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its CIDR, e.g. `10.0.0.0/16`.
+    pub cidr: String,
+    /// Its subnets.
+    #[serde(default)]
+    pub subnets: Vec<SubnetSpec>,
+}
+
+/// A subnet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetSpec {
+    /// Name other fields refer to (also its `Name` tag).
+    pub name: String,
+    /// Its CIDR.
+    pub cidr: String,
+    /// Availability zone; default the region's `a`.
+    #[serde(default)]
+    pub az: Option<String>,
+    /// CIDR reservations.
+    #[serde(default)]
+    pub reservations: Vec<ReservationSpec>,
+    /// Scatter used addresses so that no /28 is free.
+    #[serde(default)]
+    pub fragment: bool,
+}
+
+/// A subnet CIDR reservation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationSpec {
+    /// The range.
+    pub cidr: String,
+    /// `prefix` or `explicit`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    /// Name (also its `Name` tag).
+    pub name: String,
+    /// Instance type, e.g. `m5.large`.
+    #[serde(rename = "type")]
+    pub itype: String,
+    /// Subnet name.
+    pub subnet: String,
+    /// Security groups; default the VPC's default group.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+}
+
+/// Throttling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottlingSpec {
+    /// EC2's token buckets on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Mock time per real time (refills and delays run this much faster).
+    #[serde(default = "one")]
+    pub time_scale: f64,
+}
+
+impl Default for ThrottlingSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            time_scale: 1.0,
+        }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Latency model: durations like `200ms`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencySpec {
+    /// Delay before answering, per action.
+    #[serde(default)]
+    pub actions: BTreeMap<String, String>,
+    /// How long a new attachment shows `attaching`.
+    #[serde(default)]
+    pub attach: Option<String>,
+}
+
+impl LatencySpec {
+    /// The model of EC2 as seen in practice (../shared/reference/ec2.md): Assign well under a
+    /// second, Create + Attach until usable a few seconds.
+    pub fn realistic() -> Self {
+        let mut actions = BTreeMap::new();
+        for (a, d) in [
+            ("AssignPrivateIpAddresses", "300ms"),
+            ("UnassignPrivateIpAddresses", "200ms"),
+            ("CreateNetworkInterface", "800ms"),
+            ("AttachNetworkInterface", "500ms"),
+            ("ModifyNetworkInterfaceAttribute", "150ms"),
+            ("DeleteNetworkInterface", "300ms"),
+            ("DetachNetworkInterface", "300ms"),
+            ("DescribeNetworkInterfaces", "100ms"),
+            ("DescribeInstances", "100ms"),
+            ("DescribeInstanceTypes", "100ms"),
+            ("DescribeSubnets", "80ms"),
+            ("CreateTags", "100ms"),
+        ] {
+            actions.insert(a.to_owned(), d.to_owned());
+        }
+        Self {
+            actions,
+            attach: Some("2s".into()),
+        }
+    }
+}
+
+/// A built scenario: the model, the controls, and the ids behind the names.
+pub struct Built {
+    /// EC2 state.
+    pub model: Model,
+    /// Throttling, faults, latency.
+    pub control: Control,
+    /// Name → id, for subnets, VPCs and instances.
+    pub names: BTreeMap<String, String>,
+    /// The instance IMDS answers for.
+    pub imds_instance: Option<String>,
+}
+
+impl Scenario {
+    /// Parses scenario JSON; `source_name` is only for messages.
+    pub fn parse(json: &str, source_name: &str) -> Result<Self, ScenarioError> {
+        let de = &mut serde_json::Deserializer::from_str(json);
+        serde_path_to_error::deserialize(de).map_err(|e| ScenarioError {
+            source_name: source_name.to_owned(),
+            field: match e.path().to_string() {
+                p if p == "." => "(top level)".into(),
+                p => p,
+            },
+            why: e.inner().to_string(),
+        })
+    }
+
+    /// The embedded default scenario.
+    pub fn default_scenario() -> Self {
+        Self::parse(DEFAULT_SCENARIO, "default").expect("the embedded scenario is valid")
+    }
+
+    /// Builds the model. Every reference and value is checked; errors name the field.
+    pub fn build(&self, source_name: &str) -> Result<Built, ScenarioError> {
+        let err = |field: String, why: String| ScenarioError {
+            source_name: source_name.to_owned(),
+            field,
+            why,
+        };
+        let cidr = |field: String, v: &str| -> Result<Ipv4Net, ScenarioError> {
+            v.parse::<Ipv4Net>()
+                .map_err(|_| err(field, format!("{v:?} is not an IPv4 CIDR like 10.0.0.0/16")))
+        };
+        let dur = |field: String, v: &str| -> Result<Duration, ScenarioError> {
+            parse_duration("latency", v).map_err(|e| err(field, e.why))
+        };
+        let action = |field: String, a: &str| -> Result<(), ScenarioError> {
+            if ACTIONS.contains(&a) {
+                Ok(())
+            } else {
+                Err(err(
+                    field,
+                    format!(
+                        "{a:?} is not an action the mock implements ({})",
+                        ACTIONS.join(", ")
+                    ),
+                ))
+            }
+        };
+        let mut model = Model::new(&self.region);
+        let mut control = Control::new(self.seed);
+        let mut names = BTreeMap::new();
+        for (i, v) in self.vpcs.iter().enumerate() {
+            let net = cidr(format!("vpcs[{i}].cidr"), &v.cidr)?;
+            let mut tags = Tags::new();
+            if let Some(n) = &v.name {
+                tags.insert("Name".into(), n.clone());
+            }
+            let vpc = model
+                .create_vpc(net, tags)
+                .map_err(|e| err(format!("vpcs[{i}].cidr"), e.message))?;
+            if let Some(n) = &v.name {
+                names.insert(n.clone(), vpc.clone());
+            }
+            for (j, s) in v.subnets.iter().enumerate() {
+                let f = |k: &str| format!("vpcs[{i}].subnets[{j}].{k}");
+                if names.contains_key(&s.name) {
+                    return Err(err(f("name"), format!("{:?} is used twice", s.name)));
+                }
+                let net = cidr(f("cidr"), &s.cidr)?;
+                let tags = Tags::from([("Name".to_owned(), s.name.clone())]);
+                let subnet = model
+                    .create_subnet(&vpc, net, s.az.clone(), tags)
+                    .map_err(|e| err(f("cidr"), e.message))?;
+                for (k, r) in s.reservations.iter().enumerate() {
+                    let rf = |x: &str| format!("vpcs[{i}].subnets[{j}].reservations[{k}].{x}");
+                    let kind = match r.kind.as_str() {
+                        "prefix" => ReservationKind::Prefix,
+                        "explicit" => ReservationKind::Explicit,
+                        other => {
+                            return Err(err(
+                                rf("type"),
+                                format!("{other:?} is not prefix or explicit"),
+                            ));
+                        }
+                    };
+                    let net = cidr(rf("cidr"), &r.cidr)?;
+                    model
+                        .create_reservation(&subnet, net, kind, r.description.clone())
+                        .map_err(|e| err(rf("cidr"), e.message))?;
+                }
+                if s.fragment {
+                    model.fragment_subnet(&subnet).expect("subnet exists");
+                }
+                names.insert(s.name.clone(), subnet);
+            }
+        }
+        for (i, inst) in self.instances.iter().enumerate() {
+            let f = |k: &str| format!("instances[{i}].{k}");
+            if names.contains_key(&inst.name) {
+                return Err(err(f("name"), format!("{:?} is used twice", inst.name)));
+            }
+            if instance_types::lookup(&inst.itype).is_none() {
+                return Err(err(
+                    f("type"),
+                    format!("{:?} is not a known instance type", inst.itype),
+                ));
+            }
+            let subnet = names
+                .get(&inst.subnet)
+                .filter(|id| id.starts_with("subnet-"))
+                .ok_or_else(|| err(f("subnet"), format!("no subnet is named {:?}", inst.subnet)))?
+                .clone();
+            let id = model
+                .run_instance(
+                    &inst.itype,
+                    &subnet,
+                    inst.security_groups.clone(),
+                    "ami-0123456789abcdef0".into(),
+                    0,
+                )
+                .map_err(|e| err(f("subnet"), e.message))?;
+            model
+                .create_tags(
+                    std::slice::from_ref(&id),
+                    &Tags::from([("Name".to_owned(), inst.name.clone())]),
+                )
+                .expect("instance exists");
+            names.insert(inst.name.clone(), id);
+        }
+        control.throttling = self.throttling.enabled;
+        if !(self.throttling.time_scale > 0.0 && self.throttling.time_scale.is_finite()) {
+            return Err(err(
+                "throttling.time_scale".into(),
+                "must be a positive number".into(),
+            ));
+        }
+        control.time_scale = self.throttling.time_scale;
+        for (a, d) in &self.latency.actions {
+            action(format!("latency.actions.{a}"), a)?;
+            control
+                .latency
+                .insert(a.clone(), dur(format!("latency.actions.{a}"), d)?);
+        }
+        if let Some(d) = &self.latency.attach {
+            model.attach_delay_ms = dur("latency.attach".into(), d)?.as_millis() as u64;
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            action(format!("faults[{i}].action"), &f.action)?;
+            if f.code.is_empty() {
+                return Err(err(
+                    format!("faults[{i}].code"),
+                    "must name an EC2 error code".into(),
+                ));
+            }
+            control.add_fault(f.clone());
+        }
+        for (i, r) in self.error_rates.iter().enumerate() {
+            action(format!("error_rates[{i}].action"), &r.action)?;
+            if !(0.0..=1.0).contains(&r.rate) {
+                return Err(err(
+                    format!("error_rates[{i}].rate"),
+                    "must be from 0 to 1".into(),
+                ));
+            }
+            control.set_error_rate(r.clone());
+        }
+        let imds_instance = match &self.imds_instance {
+            Some(n) => Some(
+                names
+                    .get(n)
+                    .filter(|id| id.starts_with("i-"))
+                    .ok_or_else(|| {
+                        err(
+                            "imds_instance".into(),
+                            format!("no instance is named {n:?}"),
+                        )
+                    })?
+                    .clone(),
+            ),
+            None => self.instances.first().map(|i| names[&i.name].clone()),
+        };
+        Ok(Built {
+            model,
+            control,
+            names,
+            imds_instance,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_scenario_builds_one_node() {
+        let b = Scenario::default_scenario().build("default").unwrap();
+        assert_eq!(b.model.instances.len(), 1);
+        let node = &b.names["node"];
+        assert_eq!(b.imds_instance.as_ref(), Some(node));
+        assert_eq!(b.model.instances[node].itype.name, "m5.large");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"vpcs":[{"cidr":"10.0.0.0/16","subnets":[{"name":"a","cidr":"10.1.0.0/24"}]}]}"#,
+                "vpcs[0].subnets[0].cidr",
+            ),
+            (r#"{"vpcs":[{"cidr":"banana"}]}"#, "vpcs[0].cidr"),
+            (
+                r#"{"vpcs":[{"cidr":"10.0.0.0/16","subnets":[{"name":"a","cidr":"10.0.0.0/24"}]}],"instances":[{"name":"n","type":"m5.huge","subnet":"a"}]}"#,
+                "instances[0].type",
+            ),
+            (
+                r#"{"instances":[{"name":"n","type":"m5.large","subnet":"zz"}]}"#,
+                "instances[0].subnet",
+            ),
+            (
+                r#"{"faults":[{"action":"Launch","fail_next":1,"code":"X"}]}"#,
+                "faults[0].action",
+            ),
+            (
+                r#"{"error_rates":[{"action":"CreateTags","rate":2,"code":"X"}]}"#,
+                "error_rates[0].rate",
+            ),
+            (
+                r#"{"latency":{"actions":{"CreateTags":"fast"}}}"#,
+                "latency.actions.CreateTags",
+            ),
+            (
+                r#"{"throttling":{"enabled":true,"time_scale":0}}"#,
+                "throttling.time_scale",
+            ),
+        ];
+        for (json, field) in cases {
+            let e = Scenario::parse(json, "t.json")
+                .and_then(|s| s.build("t.json").map(|_| ()))
+                .unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+            assert!(e.to_string().starts_with("scenario t.json: "));
+        }
+        let e = Scenario::parse(r#"{"vpcs":[{"cidr":"10.0.0.0/16","subnet":[]}]}"#, "t.json")
+            .unwrap_err();
+        assert!(e.field.starts_with("vpcs[0]"), "{e}");
+        assert!(e.why.contains("unknown field"), "{e}");
+    }
+}

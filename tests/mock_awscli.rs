@@ -1,0 +1,293 @@
+//! The mock EC2 driven by a client written by others: the aws CLI, against `prefixd mock-ec2`
+//! running as its own process. The aws CLI comes from `scripts/test-all` (PREFIXD_AWS_CLI) or
+//! PATH; without it this test fails and says how to get it.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+
+use ipnet::Ipv4Net;
+use prefixd::core::Prefix28;
+use serde_json::Value;
+
+struct Mock {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_mock() -> Mock {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prefixd"))
+        .args(["mock-ec2", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prefixd mock-ec2");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value = serde_json::from_str(&line).expect("mock-ec2 prints its endpoint as JSON");
+    Mock {
+        child,
+        endpoint: v["endpoint"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn aws_binary() -> String {
+    if let Ok(p) = std::env::var("PREFIXD_AWS_CLI") {
+        return p;
+    }
+    let found = Command::new("aws").arg("--version").output();
+    match found {
+        Ok(o) if o.status.success() => "aws".into(),
+        _ => panic!(
+            "the aws CLI is needed for this test and was not found: run ./scripts/test-all \
+             (it installs it into ~/.cache/prefixd-awscli), or set PREFIXD_AWS_CLI"
+        ),
+    }
+}
+
+struct Aws {
+    bin: String,
+    endpoint: String,
+}
+
+impl Aws {
+    fn run(&self, args: &[&str]) -> Result<Value, String> {
+        let out = Command::new(&self.bin)
+            .args(["--endpoint-url", &self.endpoint, "--output", "json", "ec2"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-west-2")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .output()
+            .expect("run the aws CLI");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+    }
+
+    fn ok(&self, args: &[&str]) -> Value {
+        self.run(args)
+            .unwrap_or_else(|e| panic!("aws ec2 {}: {e}", args.join(" ")))
+    }
+}
+
+fn prefixes(eni: &Value) -> Vec<Prefix28> {
+    eni["Ipv4Prefixes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p["Ipv4Prefix"].as_str().unwrap().parse().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn aws_cli_drives_the_prefix_delegation_path() {
+    let bin = aws_binary();
+    let mock = start_mock();
+    let aws = Aws {
+        bin,
+        endpoint: mock.endpoint.clone(),
+    };
+
+    let vpc = aws.ok(&["create-vpc", "--cidr-block", "10.1.0.0/16"]);
+    let vpc_id = vpc["Vpc"]["VpcId"].as_str().unwrap().to_owned();
+    assert!(vpc_id.starts_with("vpc-"));
+    assert_eq!(vpc["Vpc"]["CidrBlock"], "10.1.0.0/16");
+
+    let subnet = aws.ok(&[
+        "create-subnet",
+        "--vpc-id",
+        &vpc_id,
+        "--cidr-block",
+        "10.1.0.0/24",
+        "--availability-zone",
+        "us-west-2b",
+    ]);
+    let subnet_id = subnet["Subnet"]["SubnetId"].as_str().unwrap().to_owned();
+    assert_eq!(subnet["Subnet"]["AvailableIpAddressCount"], 251);
+    assert_eq!(subnet["Subnet"]["AvailabilityZone"], "us-west-2b");
+    let net: Ipv4Net = "10.1.0.0/24".parse().unwrap();
+
+    let run = aws.ok(&[
+        "run-instances",
+        "--image-id",
+        "ami-12345678",
+        "--instance-type",
+        "m5.large",
+        "--count",
+        "1",
+        "--subnet-id",
+        &subnet_id,
+    ]);
+    let inst = &run["Instances"][0];
+    let instance_id = inst["InstanceId"].as_str().unwrap().to_owned();
+    assert_eq!(inst["InstanceType"], "m5.large");
+    assert_eq!(inst["State"]["Name"], "running");
+    assert_eq!(inst["NetworkInterfaces"][0]["Attachment"]["DeviceIndex"], 0);
+    let primary_ip: Ipv4Addr = inst["PrivateIpAddress"].as_str().unwrap().parse().unwrap();
+    assert!(net.contains(&primary_ip));
+
+    let created = aws.ok(&[
+        "create-network-interface",
+        "--subnet-id",
+        &subnet_id,
+        "--description",
+        "prefixd test",
+        "--ipv4-prefix-count",
+        "1",
+    ]);
+    let eni = &created["NetworkInterface"];
+    let eni_id = eni["NetworkInterfaceId"].as_str().unwrap().to_owned();
+    assert_eq!(eni["Status"], "available");
+    assert_eq!(eni["Description"], "prefixd test");
+    assert_eq!(eni["SubnetId"], subnet_id.as_str());
+    assert_eq!(eni["VpcId"], vpc_id.as_str());
+    let first = prefixes(eni);
+    assert_eq!(first.len(), 1);
+
+    let att = aws.ok(&[
+        "attach-network-interface",
+        "--network-interface-id",
+        &eni_id,
+        "--instance-id",
+        &instance_id,
+        "--device-index",
+        "1",
+    ]);
+    let att_id = att["AttachmentId"].as_str().unwrap().to_owned();
+    assert!(att_id.starts_with("eni-attach-"));
+    assert_eq!(att["NetworkCardIndex"], 0);
+
+    let assigned = aws.ok(&[
+        "assign-private-ip-addresses",
+        "--network-interface-id",
+        &eni_id,
+        "--ipv4-prefix-count",
+        "2",
+    ]);
+    assert_eq!(assigned["NetworkInterfaceId"], eni_id.as_str());
+    let more: Vec<Prefix28> = assigned["AssignedIpv4Prefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["Ipv4Prefix"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(more.len(), 2);
+
+    let described = aws.ok(&[
+        "describe-network-interfaces",
+        "--filters",
+        &format!("Name=attachment.instance-id,Values={instance_id}"),
+        "Name=attachment.device-index,Values=1",
+    ]);
+    let list = described["NetworkInterfaces"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let d = &list[0];
+    assert_eq!(d["NetworkInterfaceId"], eni_id.as_str());
+    assert_eq!(d["Status"], "in-use");
+    assert_eq!(d["Attachment"]["InstanceId"], instance_id.as_str());
+    assert_eq!(d["Attachment"]["AttachmentId"], att_id.as_str());
+    let all = prefixes(d);
+    assert_eq!(all.len(), 3);
+    let mut expected: Vec<Prefix28> = first.iter().chain(more.iter()).copied().collect();
+    expected.sort();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected);
+    sorted.dedup();
+    assert_eq!(sorted.len(), 3, "prefixes are distinct");
+    for p in &all {
+        // Parsing as Prefix28 already proved each is an aligned /28.
+        assert!(
+            net.contains(&p.network()) && net.contains(&p.addr(15)),
+            "{p} outside the subnet"
+        );
+        assert!(
+            !p.contains(primary_ip),
+            "{p} overlaps the instance's address"
+        );
+    }
+    let subnet_now = aws.ok(&["describe-subnets", "--subnet-ids", &subnet_id]);
+    // 251 − the instance's address − the ENI's address − 3 × 16.
+    assert_eq!(
+        subnet_now["Subnets"][0]["AvailableIpAddressCount"],
+        251 - 2 - 48
+    );
+
+    aws.ok(&[
+        "unassign-private-ip-addresses",
+        "--network-interface-id",
+        &eni_id,
+        "--ipv4-prefixes",
+        &all[0].to_string(),
+        &all[1].to_string(),
+    ]);
+    let after = aws.ok(&[
+        "describe-network-interfaces",
+        "--network-interface-ids",
+        &eni_id,
+    ]);
+    let left = prefixes(&after["NetworkInterfaces"][0]);
+    assert_eq!(left, vec![all[2]], "unassigned prefixes are gone");
+
+    aws.ok(&["detach-network-interface", "--attachment-id", &att_id]);
+    let detached = aws.ok(&[
+        "describe-network-interfaces",
+        "--filters",
+        "Name=status,Values=available",
+    ]);
+    assert_eq!(
+        detached["NetworkInterfaces"][0]["NetworkInterfaceId"],
+        eni_id.as_str()
+    );
+    aws.ok(&[
+        "delete-network-interface",
+        "--network-interface-id",
+        &eni_id,
+    ]);
+    let gone = aws
+        .run(&[
+            "describe-network-interfaces",
+            "--network-interface-ids",
+            &eni_id,
+        ])
+        .unwrap_err();
+    assert!(
+        gone.contains("InvalidNetworkInterfaceID.NotFound"),
+        "{gone}"
+    );
+    let subnet_end = aws.ok(&["describe-subnets", "--subnet-ids", &subnet_id]);
+    assert_eq!(subnet_end["Subnets"][0]["AvailableIpAddressCount"], 250);
+
+    // Errors reach the CLI with EC2's codes.
+    let e = aws
+        .run(&[
+            "delete-network-interface",
+            "--network-interface-id",
+            inst["NetworkInterfaces"][0]["NetworkInterfaceId"]
+                .as_str()
+                .unwrap(),
+        ])
+        .unwrap_err();
+    assert!(e.contains("InvalidNetworkInterface.InUse"), "{e}");
+}

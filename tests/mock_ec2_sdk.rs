@@ -1,0 +1,993 @@
+//! The mock EC2 driven by the real aws-sdk-ec2 client over HTTP: the prefix-delegation path and
+//! every error the mock promises, with the HTTP status EC2 uses.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    Filter, Ipv4PrefixSpecificationRequest, NetworkInterfaceAttachmentChanges, ResourceType, Tag,
+    TagSpecification,
+};
+use common::{http_async, sdk_client, start_mock};
+use ipnet::Ipv4Net;
+use prefixd::core::Prefix28;
+
+const SCENARIO: &str = r#"{
+  "vpcs": [{ "name": "main", "cidr": "10.0.0.0/16", "subnets": [
+      { "name": "nodes", "cidr": "10.0.0.0/20", "az": "us-west-2a" },
+      { "name": "frag", "cidr": "10.0.16.0/24", "az": "us-west-2a", "fragment": true },
+      { "name": "reserved", "cidr": "10.0.32.0/24", "az": "us-west-2a",
+        "reservations": [{ "cidr": "10.0.32.128/26", "type": "prefix" }] },
+      { "name": "tiny", "cidr": "10.0.48.0/26", "az": "us-west-2a" }
+  ]}],
+  "instances": [
+    { "name": "node", "type": "m5.large", "subnet": "nodes" },
+    { "name": "old", "type": "m4.large", "subnet": "nodes" }
+  ]
+}"#;
+
+/// Error code and HTTP status of an SDK error.
+fn code_status<E: ProvideErrorMetadata>(
+    e: &aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+) -> (String, u16) {
+    let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+    (e.code().unwrap_or("").to_owned(), status)
+}
+
+fn prefixes_of(ni: &aws_sdk_ec2::types::NetworkInterface) -> Vec<Prefix28> {
+    ni.ipv4_prefixes()
+        .iter()
+        .map(|p| p.ipv4_prefix().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn prefix_delegation_path_through_the_sdk() {
+    let mock = start_mock(SCENARIO).await;
+    let ec2 = sdk_client(&mock.endpoint());
+    let node = mock.id("node").unwrap().to_owned();
+    let subnet = mock.id("nodes").unwrap().to_owned();
+    let net: Ipv4Net = "10.0.0.0/20".parse().unwrap();
+
+    // Discovery as the agent will do it.
+    let r = ec2
+        .describe_instances()
+        .instance_ids(&node)
+        .send()
+        .await
+        .unwrap();
+    let inst = &r.reservations()[0].instances()[0];
+    assert_eq!(inst.instance_type().unwrap().as_str(), "m5.large");
+    assert_eq!(inst.subnet_id(), Some(subnet.as_str()));
+    let primary = &inst.network_interfaces()[0];
+    assert_eq!(primary.attachment().unwrap().device_index(), Some(0));
+    let t = ec2
+        .describe_instance_types()
+        .instance_types("m5.large".into())
+        .send()
+        .await
+        .unwrap();
+    let info = t.instance_types()[0].network_info().unwrap();
+    assert_eq!(info.maximum_network_interfaces(), Some(3));
+    assert_eq!(info.ipv4_addresses_per_interface(), Some(10));
+    assert_eq!(
+        t.instance_types()[0].hypervisor().unwrap().as_str(),
+        "nitro"
+    );
+    let s = ec2
+        .describe_subnets()
+        .subnet_ids(&subnet)
+        .send()
+        .await
+        .unwrap();
+    // /20: 4096 − 5 reserved − 2 primary addresses.
+    assert_eq!(s.subnets()[0].available_ip_address_count(), Some(4089));
+
+    // Create an ENI with one prefix, tagged, then attach it and make it DeleteOnTermination.
+    let created = ec2
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .description(format!("prefixd ENI for {node}"))
+        .ipv4_prefix_count(1)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::NetworkInterface)
+                .tags(
+                    Tag::builder()
+                        .key("node.k8s.amazonaws.com/instance_id")
+                        .value(&node)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let eni = created.network_interface().unwrap();
+    let eni_id = eni.network_interface_id().unwrap().to_owned();
+    assert_eq!(eni.status().unwrap().as_str(), "available");
+    let mut all = prefixes_of(eni);
+    assert_eq!(all.len(), 1);
+    let att = ec2
+        .attach_network_interface()
+        .network_interface_id(&eni_id)
+        .instance_id(&node)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let att_id = att.attachment_id().unwrap().to_owned();
+    assert_eq!(att.network_card_index(), Some(0));
+    ec2.modify_network_interface_attribute()
+        .network_interface_id(&eni_id)
+        .attachment(
+            NetworkInterfaceAttachmentChanges::builder()
+                .attachment_id(&att_id)
+                .delete_on_termination(true)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    // Assign two more: the response carries them.
+    let a = ec2
+        .assign_private_ip_addresses()
+        .network_interface_id(&eni_id)
+        .ipv4_prefix_count(2)
+        .send()
+        .await
+        .unwrap();
+    let got: Vec<Prefix28> = a
+        .assigned_ipv4_prefixes()
+        .iter()
+        .map(|p| p.ipv4_prefix().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got.len(), 2);
+    all.extend(got);
+    let distinct: HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), 3);
+    for p in &all {
+        assert!(
+            net.contains(&p.network()) && net.contains(&p.addr(15)),
+            "{p} outside the subnet"
+        );
+    }
+
+    // Describe with filters.
+    let d = ec2
+        .describe_network_interfaces()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(&node)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.network_interfaces().len(), 2);
+    let mine = d
+        .network_interfaces()
+        .iter()
+        .find(|n| n.network_interface_id() == Some(eni_id.as_str()))
+        .unwrap();
+    assert_eq!(prefixes_of(mine).len(), 3);
+    assert_eq!(
+        mine.attachment().unwrap().delete_on_termination(),
+        Some(true)
+    );
+    assert_eq!(mine.status().unwrap().as_str(), "in-use");
+    for (name, value, expect) in [
+        ("tag:node.k8s.amazonaws.com/instance_id", node.as_str(), 1),
+        ("tag-key", "node.k8s.amazonaws.com/instance_id", 1),
+        ("attachment.device-index", "1", 1),
+        ("status", "available", 0),
+        ("subnet-id", subnet.as_str(), 3), // both node ENIs and the m4's primary
+        ("network-interface-id", eni_id.as_str(), 1),
+    ] {
+        let d = ec2
+            .describe_network_interfaces()
+            .filters(Filter::builder().name(name).values(value).build())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            d.network_interfaces().len(),
+            expect,
+            "filter {name}={value}"
+        );
+    }
+    let vpc = mine.vpc_id().unwrap().to_owned();
+    let d = ec2
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.network_interfaces().len(), 3);
+
+    // Unassign one: gone from the ENI and the subnet gets it back.
+    let before = ec2
+        .describe_subnets()
+        .subnet_ids(&subnet)
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .available_ip_address_count()
+        .unwrap();
+    ec2.unassign_private_ip_addresses()
+        .network_interface_id(&eni_id)
+        .ipv4_prefixes(all[0].to_string())
+        .send()
+        .await
+        .unwrap();
+    let d = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(&eni_id)
+        .send()
+        .await
+        .unwrap();
+    let left = prefixes_of(&d.network_interfaces()[0]);
+    assert_eq!(left.len(), 2);
+    assert!(!left.contains(&all[0]));
+    let after = ec2
+        .describe_subnets()
+        .subnet_ids(&subnet)
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .available_ip_address_count()
+        .unwrap();
+    assert_eq!(after, before + 16);
+
+    // Detach and delete.
+    ec2.detach_network_interface()
+        .attachment_id(&att_id)
+        .send()
+        .await
+        .unwrap();
+    ec2.delete_network_interface()
+        .network_interface_id(&eni_id)
+        .send()
+        .await
+        .unwrap();
+    let e = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(&eni_id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_status(&e),
+        ("InvalidNetworkInterfaceID.NotFound".into(), 400)
+    );
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn errors_through_the_sdk() {
+    let mock = start_mock(SCENARIO).await;
+    let ec2 = sdk_client(&mock.endpoint());
+    let node = mock.id("node").unwrap().to_owned();
+    let subnet = mock.id("nodes").unwrap().to_owned();
+    let primary = ec2
+        .describe_instances()
+        .instance_ids(&node)
+        .send()
+        .await
+        .unwrap()
+        .reservations()[0]
+        .instances()[0]
+        .network_interfaces()[0]
+        .network_interface_id()
+        .unwrap()
+        .to_owned();
+
+    // Slots: m5.large has 10 per ENI, the primary address takes one.
+    ec2.assign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .ipv4_prefix_count(6)
+        .send()
+        .await
+        .unwrap();
+    ec2.assign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .secondary_private_ip_address_count(2)
+        .send()
+        .await
+        .unwrap();
+    let e = ec2
+        .assign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .ipv4_prefix_count(2)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_status(&e),
+        ("PrivateIpAddressLimitExceeded".into(), 400)
+    );
+
+    // Exclusive parameters.
+    let e = ec2
+        .assign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .ipv4_prefix_count(1)
+        .secondary_private_ip_address_count(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidParameterCombination");
+    let e = ec2
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .ipv4_prefix_count(1)
+        .ipv4_prefixes(
+            Ipv4PrefixSpecificationRequest::builder()
+                .ipv4_prefix("10.0.1.0/28")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidParameterCombination");
+
+    // Explicit prefixes: taken, misaligned.
+    let taken = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(&primary)
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces()[0]
+        .ipv4_prefixes()[0]
+        .ipv4_prefix()
+        .unwrap()
+        .to_owned();
+    for bad in [taken.as_str(), "10.0.5.8/28"] {
+        let e = ec2
+            .create_network_interface()
+            .subnet_id(&subnet)
+            .ipv4_prefixes(
+                Ipv4PrefixSpecificationRequest::builder()
+                    .ipv4_prefix(bad)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code_status(&e),
+            ("InvalidParameterValue".into(), 400),
+            "{bad}"
+        );
+    }
+    let ok = ec2
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .ipv4_prefixes(
+            Ipv4PrefixSpecificationRequest::builder()
+                .ipv4_prefix("10.0.5.16/28")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        prefixes_of(ok.network_interface().unwrap()),
+        vec!["10.0.5.16/28".parse().unwrap()]
+    );
+
+    // Attachment limit and device index.
+    let mk = || async {
+        ec2.create_network_interface()
+            .subnet_id(&subnet)
+            .send()
+            .await
+            .unwrap()
+            .network_interface()
+            .unwrap()
+            .network_interface_id()
+            .unwrap()
+            .to_owned()
+    };
+    let (a, b, c) = (mk().await, mk().await, mk().await);
+    ec2.attach_network_interface()
+        .network_interface_id(&a)
+        .instance_id(&node)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let e = ec2
+        .attach_network_interface()
+        .network_interface_id(&b)
+        .instance_id(&node)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidParameterValue");
+    ec2.attach_network_interface()
+        .network_interface_id(&b)
+        .instance_id(&node)
+        .device_index(2)
+        .send()
+        .await
+        .unwrap();
+    let e = ec2
+        .attach_network_interface()
+        .network_interface_id(&c)
+        .instance_id(&node)
+        .device_index(3)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e), ("AttachmentLimitExceeded".into(), 400));
+
+    // Delete an attached ENI; unknown and malformed ids.
+    let e = ec2
+        .delete_network_interface()
+        .network_interface_id(&a)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_status(&e),
+        ("InvalidNetworkInterface.InUse".into(), 400)
+    );
+    let e = ec2
+        .delete_network_interface()
+        .network_interface_id("eni-0000000000000dead")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidNetworkInterfaceID.NotFound");
+    let e = ec2
+        .delete_network_interface()
+        .network_interface_id("nic-1")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidNetworkInterfaceID.Malformed");
+    let e = ec2
+        .detach_network_interface()
+        .attachment_id("eni-attach-0000000000000dead")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidAttachmentID.NotFound");
+    let e = ec2
+        .describe_instances()
+        .instance_ids("i-0000000000000dead")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidInstanceID.NotFound");
+    let e = ec2
+        .describe_subnets()
+        .subnet_ids("subnet-0000000000000dead")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidSubnetID.NotFound");
+    let e = ec2
+        .describe_instance_types()
+        .instance_types("m5.mega".into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidInstanceType");
+    let e = ec2
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("bogus").values("x").build())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidParameterValue");
+
+    // Xen refuses prefixes but takes secondary addresses.
+    let old = mock.id("old").unwrap().to_owned();
+    let old_eni = ec2
+        .describe_instances()
+        .instance_ids(&old)
+        .send()
+        .await
+        .unwrap()
+        .reservations()[0]
+        .instances()[0]
+        .network_interfaces()[0]
+        .network_interface_id()
+        .unwrap()
+        .to_owned();
+    let e = ec2
+        .assign_private_ip_addresses()
+        .network_interface_id(&old_eni)
+        .ipv4_prefix_count(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidParameterValue");
+    assert!(e.message().unwrap().contains("Nitro"));
+    ec2.assign_private_ip_addresses()
+        .network_interface_id(&old_eni)
+        .secondary_private_ip_address_count(3)
+        .send()
+        .await
+        .unwrap();
+
+    // Fragmentation: many free addresses, no free /28.
+    let frag = mock.id("frag").unwrap().to_owned();
+    let s = ec2
+        .describe_subnets()
+        .subnet_ids(&frag)
+        .send()
+        .await
+        .unwrap();
+    assert!(s.subnets()[0].available_ip_address_count().unwrap() > 200);
+    let e = ec2
+        .create_network_interface()
+        .subnet_id(&frag)
+        .ipv4_prefix_count(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e), ("InsufficientCidrBlocks".into(), 400));
+    let ok = ec2
+        .create_network_interface()
+        .subnet_id(&frag)
+        .secondary_private_ip_address_count(5)
+        .send()
+        .await
+        .unwrap();
+    let ips: Vec<String> = ok
+        .network_interface()
+        .unwrap()
+        .private_ip_addresses()
+        .iter()
+        .map(|p| p.private_ip_address().unwrap().to_owned())
+        .collect();
+    assert_eq!(ips.len(), 6);
+    assert_eq!(
+        ips.iter().collect::<HashSet<_>>().len(),
+        6,
+        "addresses never collide"
+    );
+
+    // All or nothing: a /26 has two usable /28s.
+    let tiny = mock.id("tiny").unwrap().to_owned();
+    let e = ec2
+        .create_network_interface()
+        .subnet_id(&tiny)
+        .ipv4_prefix_count(3)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InsufficientCidrBlocks");
+    let s = ec2
+        .describe_subnets()
+        .subnet_ids(&tiny)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        s.subnets()[0].available_ip_address_count(),
+        Some(59),
+        "nothing taken"
+    );
+
+    // Prefix reservations are used first.
+    let reserved = mock.id("reserved").unwrap().to_owned();
+    let r = ec2
+        .create_network_interface()
+        .subnet_id(&reserved)
+        .ipv4_prefix_count(2)
+        .send()
+        .await
+        .unwrap();
+    let res_net: Ipv4Net = "10.0.32.128/26".parse().unwrap();
+    for p in prefixes_of(r.network_interface().unwrap()) {
+        assert!(
+            res_net.contains(&p.network()),
+            "{p} not from the reservation"
+        );
+    }
+    let g = ec2
+        .get_subnet_cidr_reservations()
+        .subnet_id(&reserved)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(g.subnet_ipv4_cidr_reservations().len(), 1);
+    assert_eq!(
+        g.subnet_ipv4_cidr_reservations()[0]
+            .reservation_type()
+            .unwrap()
+            .as_str(),
+        "prefix"
+    );
+    let id = g.subnet_ipv4_cidr_reservations()[0]
+        .subnet_cidr_reservation_id()
+        .unwrap()
+        .to_owned();
+    ec2.delete_subnet_cidr_reservation()
+        .subnet_cidr_reservation_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let e = ec2
+        .delete_subnet_cidr_reservation()
+        .subnet_cidr_reservation_id(&id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidSubnetCidrReservationID.NotFound");
+    let c = ec2
+        .create_subnet_cidr_reservation()
+        .subnet_id(&reserved)
+        .cidr("10.0.32.64/28")
+        .reservation_type(aws_sdk_ec2::types::SubnetCidrReservationType::Prefix)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        c.subnet_cidr_reservation().unwrap().cidr(),
+        Some("10.0.32.64/28")
+    );
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn throttling_faults_pagination_and_terminate() {
+    let mock = start_mock(SCENARIO).await;
+    let ec2 = sdk_client(&mock.endpoint());
+    let node = mock.id("node").unwrap().to_owned();
+    let subnet = mock.id("nodes").unwrap().to_owned();
+
+    // Pagination over eight ENIs.
+    for _ in 0..6 {
+        ec2.create_network_interface()
+            .subnet_id(&subnet)
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = None;
+    loop {
+        let r = ec2
+            .describe_network_interfaces()
+            .max_results(5)
+            .set_next_token(token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.network_interfaces().len() <= 5);
+        seen.extend(
+            r.network_interfaces()
+                .iter()
+                .map(|n| n.network_interface_id().unwrap().to_owned()),
+        );
+        token = r.next_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 8);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 8);
+
+    // Faults from the admin endpoint: the next 2 attaches fail with InternalError (HTTP 500).
+    let (status, _) = http_async(
+        mock.addr(),
+        "POST",
+        "/_mock/faults",
+        vec![("Content-Type", "application/json".into())],
+        r#"{"action":"AttachNetworkInterface","fail_next":2,"code":"InternalError"}"#.into(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let eni = ec2
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .send()
+        .await
+        .unwrap()
+        .network_interface()
+        .unwrap()
+        .network_interface_id()
+        .unwrap()
+        .to_owned();
+    for _ in 0..2 {
+        let e = ec2
+            .attach_network_interface()
+            .network_interface_id(&eni)
+            .instance_id(&node)
+            .device_index(1)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(code_status(&e), ("InternalError".into(), 500));
+    }
+    let att = ec2
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&node)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+
+    // Latency model: an attachment shows `attaching` until its delay has passed.
+    mock.with_model(|m| m.attach_delay_ms = 1_500);
+    let slow = ec2
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .send()
+        .await
+        .unwrap()
+        .network_interface()
+        .unwrap()
+        .network_interface_id()
+        .unwrap()
+        .to_owned();
+    ec2.attach_network_interface()
+        .network_interface_id(&slow)
+        .instance_id(&node)
+        .device_index(2)
+        .send()
+        .await
+        .unwrap();
+    let status_of = |ec2: aws_sdk_ec2::Client, id: String| async move {
+        ec2.describe_network_interfaces()
+            .network_interface_ids(id)
+            .send()
+            .await
+            .unwrap()
+            .network_interfaces()[0]
+            .attachment()
+            .unwrap()
+            .status()
+            .unwrap()
+            .as_str()
+            .to_owned()
+    };
+    assert_eq!(status_of(ec2.clone(), slow.clone()).await, "attaching");
+    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    assert_eq!(status_of(ec2.clone(), slow.clone()).await, "attached");
+
+    // Terminate: DeleteOnTermination ENIs go (the primary), the others stay `available`.
+    ec2.terminate_instances()
+        .instance_ids(&node)
+        .send()
+        .await
+        .unwrap();
+    let d = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(&eni)
+        .network_interface_ids(&slow)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        d.network_interfaces()
+            .iter()
+            .all(|n| n.status().unwrap().as_str() == "available")
+    );
+    let _ = att;
+
+    // Throttling on: Assign's bucket holds 100; the 101st call in a burst gets 503.
+    // Time scale 0.001: the bucket refills 5 tokens per 1,000 s, so none come back during the
+    // burst and exactly one call of 101 is throttled.
+    mock.with_control(|c| {
+        c.throttling = true;
+        c.time_scale = 0.001;
+    });
+    let other = ec2
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .send()
+        .await
+        .unwrap()
+        .network_interface()
+        .unwrap()
+        .network_interface_id()
+        .unwrap()
+        .to_owned();
+    let mut throttled = 0;
+    for _ in 0..101 {
+        if let Err(e) = ec2
+            .unassign_private_ip_addresses()
+            .network_interface_id(&other)
+            .private_ip_addresses("10.0.9.9")
+            .send()
+            .await
+        {
+            let (code, status) = code_status(&e);
+            if code == "RequestLimitExceeded" {
+                assert_eq!(status, 503);
+                throttled += 1;
+            }
+        }
+    }
+    assert_eq!(throttled, 1, "100 tokens, 101 calls");
+    let stats = mock.stats();
+    assert_eq!(
+        stats.throttled.get("UnassignPrivateIpAddresses").copied(),
+        Some(throttled)
+    );
+    // Another action is not throttled by that.
+    ec2.describe_subnets()
+        .subnet_ids(&subnet)
+        .send()
+        .await
+        .unwrap();
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_ec2_error_codes() {
+    let mock = start_mock(SCENARIO).await;
+    let post = |body: &'static str| {
+        http_async(
+            mock.addr(),
+            "POST",
+            "/",
+            vec![("Content-Type", "application/x-www-form-urlencoded".into())],
+            body.into(),
+        )
+    };
+    let (s, b) = post("Action=LaunchRockets&Version=2016-11-15").await;
+    assert_eq!(s, 400);
+    assert!(b.contains("<Code>InvalidAction</Code>"), "{b}");
+    assert!(b.contains("<RequestID>"), "{b}");
+    let (s, b) = post("Version=2016-11-15").await;
+    assert_eq!(s, 400);
+    assert!(b.contains("<Code>MissingAction</Code>"), "{b}");
+    let (s, b) = post("Action=AttachNetworkInterface&Version=2016-11-15&InstanceId=i-1").await;
+    assert_eq!(s, 400);
+    assert!(
+        b.contains("<Code>MissingParameter</Code>") && b.contains("NetworkInterfaceId"),
+        "{b}"
+    );
+    let (s, b) = post("Action=AssignPrivateIpAddresses&Version=2016-11-15&NetworkInterfaceId=eni-1&Ipv4PrefixCount=lots").await;
+    assert_eq!(s, 400);
+    assert!(b.contains("<Code>InvalidParameterValue</Code>"), "{b}");
+    let (s, b) = post("Action=DescribeNetworkInterfaces&MaxResults=2").await;
+    assert_eq!(s, 400);
+    assert!(b.contains("MaxResults"), "{b}");
+    let (s, b) = post("Action=DescribeNetworkInterfaces&NextToken=garbage").await;
+    assert_eq!(s, 400);
+    assert!(b.contains("InvalidNextToken"), "{b}");
+    // Garbage bytes never panic or hang.
+    let (s, _) = http_async(
+        mock.addr(),
+        "POST",
+        "/",
+        vec![],
+        "%%%\u{0}&&==&Action".into(),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, b) = http_async(
+        mock.addr(),
+        "POST",
+        "/_mock/faults",
+        vec![("Content-Type", "application/json".into())],
+        r#"{"action":"Nope","fail_next":1,"code":"X"}"#.into(),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(b.contains("Nope"), "{b}");
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn imds_v2_reflects_live_state() {
+    let mock = start_mock(SCENARIO).await;
+    let ec2 = sdk_client(&mock.endpoint());
+    let node = mock.id("node").unwrap().to_owned();
+    let addr = mock.addr();
+
+    // Without a token: 401. Token TTL out of range: 400.
+    let (s, _) = http_async(
+        addr,
+        "GET",
+        "/latest/meta-data/instance-id",
+        vec![],
+        String::new(),
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, _) = http_async(
+        addr,
+        "PUT",
+        "/latest/api/token",
+        vec![("X-aws-ec2-metadata-token-ttl-seconds", "0".into())],
+        String::new(),
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    // aws-config's own IMDS client, as the agent uses it.
+    let imds = aws_config::imds::Client::builder()
+        .endpoint(mock.endpoint())
+        .unwrap()
+        .build();
+    let get = |p: &'static str| {
+        let imds = imds.clone();
+        async move { imds.get(p).await.map(String::from) }
+    };
+    assert_eq!(get("/latest/meta-data/instance-id").await.unwrap(), node);
+    assert_eq!(
+        get("/latest/meta-data/instance-type").await.unwrap(),
+        "m5.large"
+    );
+    assert_eq!(
+        get("/latest/meta-data/placement/region").await.unwrap(),
+        "us-west-2"
+    );
+    assert_eq!(
+        get("/latest/meta-data/placement/availability-zone")
+            .await
+            .unwrap(),
+        "us-west-2a"
+    );
+    let mac = get("/latest/meta-data/mac").await.unwrap();
+    let macs = get("/latest/meta-data/network/interfaces/macs/")
+        .await
+        .unwrap();
+    assert_eq!(macs, format!("{mac}/"));
+    let base = format!("/latest/meta-data/network/interfaces/macs/{mac}");
+    let get_mac = |k: &str| {
+        let imds = imds.clone();
+        let p = format!("{base}/{k}");
+        async move { imds.get(&p).await.map(String::from) }
+    };
+    let primary = get_mac("interface-id").await.unwrap();
+    assert!(primary.starts_with("eni-"));
+    assert_eq!(get_mac("device-number").await.unwrap(), "0");
+    assert!(get_mac("network-card").await.is_err(), "card 0 answers 404");
+    assert!(get_mac("ipv4-prefix").await.is_err(), "no prefix yet: 404");
+    assert_eq!(
+        get_mac("subnet-ipv4-cidr-block").await.unwrap(),
+        "10.0.0.0/20"
+    );
+    assert_eq!(
+        get_mac("vpc-ipv4-cidr-blocks").await.unwrap(),
+        "10.0.0.0/16"
+    );
+    assert!(
+        get_mac("security-group-ids")
+            .await
+            .unwrap()
+            .starts_with("sg-")
+    );
+    assert_eq!(
+        get_mac("subnet-id").await.unwrap(),
+        mock.id("nodes").unwrap()
+    );
+    assert!(get_mac("vpc-id").await.unwrap().starts_with("vpc-"));
+
+    // Live: a prefix assigned through EC2 shows up.
+    let a = ec2
+        .assign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .ipv4_prefix_count(1)
+        .send()
+        .await
+        .unwrap();
+    let p = a.assigned_ipv4_prefixes()[0]
+        .ipv4_prefix()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get_mac("ipv4-prefix").await.unwrap(), p);
+    let ips = get_mac("local-ipv4s").await.unwrap();
+    assert!(ips.lines().next().unwrap().parse::<Ipv4Addr>().is_ok());
+    mock.shutdown().await;
+}
