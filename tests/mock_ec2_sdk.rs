@@ -991,3 +991,82 @@ async fn imds_v2_reflects_live_state() {
     assert!(ips.lines().next().unwrap().parse::<Ipv4Addr>().is_ok());
     mock.shutdown().await;
 }
+
+#[tokio::test]
+async fn admin_fragments_a_subnet_and_sets_latency() {
+    let mock = start_mock(SCENARIO).await;
+    let ec2 = sdk_client(&mock.endpoint());
+    let subnet = mock.id("tiny").unwrap().to_owned();
+    let json = |b: &'static str| {
+        (
+            vec![("Content-Type", "application/json".to_owned())],
+            b.to_owned(),
+        )
+    };
+    let (h, b) = json(r#"{"subnet":"tiny"}"#);
+    let (s, body) = http_async(mock.addr(), "POST", "/_mock/fragment", h, b).await;
+    assert_eq!(s, 200, "{body}");
+    let e = ec2
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .ipv4_prefix_count(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InsufficientCidrBlocks");
+    let avail = ec2
+        .describe_subnets()
+        .subnet_ids(&subnet)
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .available_ip_address_count()
+        .unwrap();
+    assert!(avail >= 50, "free addresses remain: {avail}");
+
+    // A 400 ms delay on DescribeSubnets: the call takes at least that long (a lower bound only).
+    let (h, b) = json(r#"{"action":"DescribeSubnets","delay":"400ms"}"#);
+    assert_eq!(
+        http_async(mock.addr(), "POST", "/_mock/latency", h, b)
+            .await
+            .0,
+        200
+    );
+    let t = std::time::Instant::now();
+    ec2.describe_subnets()
+        .subnet_ids(&subnet)
+        .send()
+        .await
+        .unwrap();
+    assert!(t.elapsed() >= std::time::Duration::from_millis(400));
+    let (h, b) = json(r#"{"action":"DescribeSubnets","delay":"soon"}"#);
+    assert_eq!(
+        http_async(mock.addr(), "POST", "/_mock/latency", h, b)
+            .await
+            .0,
+        400
+    );
+
+    // Error rate 1.0 from the admin API: every call fails with the code.
+    let (h, b) = json(r#"{"action":"CreateTags","rate":1.0,"code":"UnauthorizedOperation"}"#);
+    assert_eq!(
+        http_async(mock.addr(), "POST", "/_mock/error-rates", h, b)
+            .await
+            .0,
+        200
+    );
+    let e = ec2
+        .create_tags()
+        .resources(&subnet)
+        .tags(Tag::builder().key("a").value("b").build())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e), ("UnauthorizedOperation".into(), 403));
+    let (s, stats) = http_async(mock.addr(), "GET", "/_mock/stats", vec![], String::new()).await;
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(v["errors"]["CreateTags"]["UnauthorizedOperation"], 1);
+    mock.shutdown().await;
+}
