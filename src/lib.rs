@@ -4,7 +4,12 @@
 //! subcommands behind the `prefixd` binary and `cni` for the `prefixd-cni` plugin.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod core;
+pub mod demo;
+pub mod ec2;
+pub mod ipc;
+pub mod metrics;
 pub mod mock;

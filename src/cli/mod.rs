@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::core::config::{ConfigError, PoolConfig, defaults, env};
 use crate::core::planner::{self, PlanError, PoolSnapshot};
 
+pub mod status;
+
 /// prefixd: AWS VPC prefix-delegation node agent for Kubernetes.
 #[derive(Debug, Parser)]
 #[command(name = "prefixd", version, about, long_about = None)]
@@ -34,6 +36,25 @@ pub enum Command {
     /// interrupted. Point aws-sdk-ec2 or the aws CLI at the endpoint (`--endpoint-url`), and
     /// IMDS clients at the same address (AWS_EC2_METADATA_SERVICE_ENDPOINT).
     MockEc2(MockArgs),
+    /// Run the node agent (the DaemonSet's container): every setting is an env var and a flag.
+    Agent(Box<crate::agent::config::AgentArgs>),
+    /// Print the running agent's pool as a table (from its introspection endpoint).
+    Status(StatusArgs),
+    /// The agent against an in-process mock EC2, with a pod churn through its socket; no AWS
+    /// needed. The warm-target env vars change what it shows.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// `prefixd status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The agent's introspection address.
+    #[arg(
+        long,
+        env = "INTROSPECTION_BIND_ADDRESS",
+        default_value = "127.0.0.1:61679"
+    )]
+    pub introspection: SocketAddr,
 }
 
 /// `prefixd mock-ec2`.
@@ -139,6 +160,17 @@ pub enum CliError {
     /// A mock scenario is invalid.
     #[error(transparent)]
     Scenario(crate::mock::scenario::ScenarioError),
+    /// The agent could not start.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// The agent could not be asked.
+    #[error("cannot read the agent's status from {addr}: {why}")]
+    Status {
+        /// The introspection address.
+        addr: SocketAddr,
+        /// What failed.
+        why: String,
+    },
     /// A server could not start.
     #[error("{what}: {source}")]
     Serve {
@@ -207,9 +239,9 @@ pub fn run_plan(args: &PlanArgs) -> Result<String, CliError> {
 
 /// Logs to stderr: human-readable, or JSON with LOG_FORMAT=json; level from RUST_LOG
 /// (default info).
-pub fn init_logging() {
+pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -218,6 +250,49 @@ pub fn init_logging() {
     } else {
         builder.try_init()
     };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| CliError::Serve {
+            what: "tokio runtime".into(),
+            source,
+        })
+}
+
+/// Runs `prefixd agent` until SIGTERM: then drains, writes the checkpoint and returns.
+pub fn run_agent(args: &crate::agent::config::AgentArgs) -> Result<(), CliError> {
+    use crate::ec2::limiter::Limiter;
+    use crate::ec2::sdk::SdkEc2;
+    let cfg = args.to_config()?;
+    runtime()?.block_on(async {
+        let (instance, imds_region) = crate::agent::identify(&cfg).await?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if std::env::var("AWS_REGION").is_err()
+            && std::env::var("AWS_DEFAULT_REGION").is_err()
+            && let Some(r) = imds_region
+        {
+            loader = loader.region(aws_config::Region::new(r));
+        }
+        let conf = loader.load().await;
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let ec2 = SdkEc2::new(
+            aws_sdk_ec2::Client::new(&conf),
+            Limiter::new(cfg.ec2_api_qps, cfg.ec2_api_burst),
+            metrics.clone(),
+        );
+        let agent = crate::agent::start(cfg, ec2, instance, metrics).await?;
+        tracing::info!(introspection = %agent.introspection_addr, metrics = %agent.metrics_addr, "agent started");
+        shutdown_signal().await;
+        tracing::info!("stopping: draining requests and writing the checkpoint");
+        if let Err(e) = agent.shutdown().await {
+            tracing::error!(error = %e, "final checkpoint write failed");
+        }
+        Ok(())
+    })
 }
 
 /// Runs `prefixd mock-ec2` until interrupted.
@@ -241,11 +316,7 @@ pub fn run_mock(args: &MockArgs) -> Result<(), CliError> {
         scenario.latency = LatencySpec::realistic();
     }
     let built = scenario.build(&name)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|source| CliError::Serve {
-        what: "tokio runtime".into(),
-        source,
-    })?;
-    rt.block_on(async {
+    runtime()?.block_on(async {
         let server = crate::mock::MockServer::start(built, args.listen)
             .await
             .map_err(|source| CliError::Serve {
@@ -281,10 +352,18 @@ pub async fn shutdown_signal() {
 /// Entry point of the `prefixd` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo prints its own table; its logs would interleave with it.
+    init_logging(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let result = match &cli.command {
         Command::Plan(args) => run_plan(args).map(|out| println!("{out}")),
         Command::MockEc2(args) => run_mock(args),
+        Command::Agent(args) => run_agent(args),
+        Command::Status(args) => status::run(args),
+        Command::Demo(args) => crate::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

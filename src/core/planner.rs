@@ -754,15 +754,9 @@ fn plan_secondary(s: &PoolSnapshot, t: &Targets) -> Plan {
 }
 
 impl PoolSnapshot {
-    /// The snapshot of a datastore at `now` (cooldowns that are over are ended first).
-    pub fn of(
-        ds: &mut super::datastore::Datastore,
-        now: super::types::UnixMillis,
-        limits: Limits,
-        pending: u32,
-    ) -> Self {
+    /// The snapshot of a datastore (end the cooldowns that are over first, with `expire`).
+    pub fn of(ds: &super::datastore::Datastore, limits: Limits, pending: u32) -> Self {
         use super::datastore::BlockId;
-        ds.expire(now);
         let enis = ds
             .enis()
             .iter()

@@ -1,0 +1,649 @@
+//! The one owner of pool state: a thread that holds the durable datastore and takes commands
+//! from a channel. Everything queued when it wakes is applied as one batch with one checkpoint
+//! write (group commit), so a burst of ADDs costs one fsync, not one each.
+//!
+//! An ADD that finds no free address waits here (bounded by its timeout) and counts as
+//! pending; the pool loop is woken at once so that the wait is one EC2 call, not a timer tick.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Notify, oneshot};
+
+use crate::core::checkpoint::{CheckpointError, FileCheckpoint, LoadReport};
+use crate::core::datastore::BlockId;
+use crate::core::planner::{Limits, PoolSnapshot};
+use crate::core::{
+    Change, DatastoreError, EniId, Outcome, PodInfo, PodKey, Store, StoreError, UnixMillis,
+};
+use crate::metrics::Metrics;
+
+/// Why a pool request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    /// No address became free within the request's timeout.
+    #[error("no address became free within {0:?}; the pool is growing or at capacity")]
+    Timeout(Duration),
+    /// The datastore or its checkpoint refused the change.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The owner has stopped (shutdown).
+    #[error("the pool owner has stopped")]
+    Stopped,
+}
+
+/// One prefix in the introspection view.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefixView {
+    /// The /28.
+    pub cidr: String,
+    /// Held by pods.
+    pub assigned: u32,
+    /// Cooling down.
+    pub cooling: u32,
+    /// Free.
+    pub free: u32,
+}
+
+/// One secondary address in the introspection view.
+#[derive(Debug, Clone, Serialize)]
+pub struct IpView {
+    /// The address.
+    pub address: Ipv4Addr,
+    /// `assigned`, `cooling` or `free`.
+    pub state: &'static str,
+}
+
+/// One ENI in the introspection view.
+#[derive(Debug, Clone, Serialize)]
+pub struct EniView {
+    /// Id.
+    pub id: EniId,
+    /// Device index.
+    pub device_index: u32,
+    /// Primary ENI.
+    pub primary: bool,
+    /// Prefixes.
+    pub prefixes: Vec<PrefixView>,
+    /// Secondary addresses.
+    pub secondary_ips: Vec<IpView>,
+}
+
+/// One allocation in the introspection view.
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocationView {
+    /// The CNI attachment.
+    pub key: PodKey,
+    /// Address.
+    pub address: Ipv4Addr,
+    /// Pod namespace.
+    pub pod_namespace: String,
+    /// Pod name.
+    pub pod_name: String,
+    /// When, in ms since the epoch.
+    pub allocated_at_ms: u64,
+}
+
+/// The pool for introspection.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    /// ENIs.
+    pub enis: Vec<EniView>,
+    /// Allocations, by address.
+    pub allocations: Vec<AllocationView>,
+    /// ADDs waiting.
+    pub pending: u32,
+    /// Checkpoint writes since start.
+    pub checkpoint_writes: u64,
+}
+
+enum Cmd {
+    Allocate {
+        key: PodKey,
+        pod: PodInfo,
+        deadline: Instant,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Ipv4Addr, PoolError>>,
+    },
+    Release {
+        key: PodKey,
+        reply: oneshot::Sender<Result<Option<Ipv4Addr>, PoolError>>,
+    },
+    Gc {
+        network: String,
+        keep: HashSet<PodKey>,
+        reply: oneshot::Sender<Result<u32, PoolError>>,
+    },
+    Check {
+        key: PodKey,
+        reply: oneshot::Sender<Option<Ipv4Addr>>,
+    },
+    Apply {
+        changes: Vec<Change>,
+        reply: oneshot::Sender<Vec<Result<Outcome, StoreError>>>,
+    },
+    TakeFreeSecondary {
+        eni: EniId,
+        count: u32,
+        reply: oneshot::Sender<Vec<Ipv4Addr>>,
+    },
+    Snapshot {
+        limits: Limits,
+        reply: oneshot::Sender<PoolSnapshot>,
+    },
+    View {
+        reply: oneshot::Sender<PoolView>,
+    },
+    Flush {
+        reply: oneshot::Sender<Result<(), CheckpointError>>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the owner.
+#[derive(Clone)]
+pub struct PoolHandle {
+    tx: mpsc::Sender<Cmd>,
+    pending: Arc<AtomicU32>,
+}
+
+struct Waiter {
+    key: PodKey,
+    pod: PodInfo,
+    deadline: Instant,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<Ipv4Addr, PoolError>>,
+}
+
+/// Opens the checkpoint and starts the owner thread. `wake` is notified whenever an ADD starts
+/// waiting for an address.
+pub fn start(
+    checkpoint: &Path,
+    cooldown: Duration,
+    discard: bool,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+) -> Result<(PoolHandle, LoadReport), CheckpointError> {
+    let (store, report) = Store::open(checkpoint, cooldown, discard, UnixMillis::now())?;
+    metrics.dropped(report.dropped.len() as u64);
+    let (tx, rx) = mpsc::channel();
+    let pending = Arc::new(AtomicU32::new(0));
+    let p = pending.clone();
+    std::thread::Builder::new()
+        .name("prefixd-pool".into())
+        .spawn(move || {
+            Owner {
+                store,
+                waiters: VecDeque::new(),
+                pending: p,
+                wake,
+                metrics,
+            }
+            .run(rx)
+        })
+        .expect("spawn the pool thread");
+    Ok((PoolHandle { tx, pending }, report))
+}
+
+impl PoolHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, PoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| PoolError::Stopped)?;
+        rx.await.map_err(|_| PoolError::Stopped)
+    }
+
+    /// ADDs waiting for an address.
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// An address for `key`, waiting up to `timeout` for one to be free.
+    pub async fn allocate(
+        &self,
+        key: PodKey,
+        pod: PodInfo,
+        timeout: Duration,
+    ) -> Result<Ipv4Addr, PoolError> {
+        let deadline = Instant::now() + timeout;
+        self.ask(|reply| Cmd::Allocate {
+            key,
+            pod,
+            deadline,
+            timeout,
+            reply,
+        })
+        .await?
+    }
+
+    /// Releases `key`'s address; `None` when it held none.
+    pub async fn release(&self, key: PodKey) -> Result<Option<Ipv4Addr>, PoolError> {
+        self.ask(|reply| Cmd::Release { key, reply }).await?
+    }
+
+    /// Releases every allocation of `network` not in `keep`; returns how many.
+    pub async fn gc(&self, network: String, keep: HashSet<PodKey>) -> Result<u32, PoolError> {
+        self.ask(|reply| Cmd::Gc {
+            network,
+            keep,
+            reply,
+        })
+        .await?
+    }
+
+    /// The address `key` holds.
+    pub async fn check(&self, key: PodKey) -> Result<Option<Ipv4Addr>, PoolError> {
+        self.ask(|reply| Cmd::Check { key, reply }).await
+    }
+
+    /// Applies structural changes (ENIs, prefixes, addresses) as one batch.
+    pub async fn apply(
+        &self,
+        changes: Vec<Change>,
+    ) -> Result<Vec<Result<Outcome, StoreError>>, PoolError> {
+        self.ask(|reply| Cmd::Apply { changes, reply }).await
+    }
+
+    /// Removes up to `count` free secondary addresses of `eni` from the datastore and returns
+    /// them (to be unassigned in EC2).
+    pub async fn take_free_secondary(
+        &self,
+        eni: EniId,
+        count: u32,
+    ) -> Result<Vec<Ipv4Addr>, PoolError> {
+        self.ask(|reply| Cmd::TakeFreeSecondary { eni, count, reply })
+            .await
+    }
+
+    /// The planner's view.
+    pub async fn snapshot(&self, limits: Limits) -> Result<PoolSnapshot, PoolError> {
+        self.ask(|reply| Cmd::Snapshot { limits, reply }).await
+    }
+
+    /// The introspection view.
+    pub async fn view(&self) -> Result<PoolView, PoolError> {
+        self.ask(|reply| Cmd::View { reply }).await
+    }
+
+    /// Writes the checkpoint now (shutdown).
+    pub async fn flush(&self) -> Result<(), PoolError> {
+        self.ask(|reply| Cmd::Flush { reply })
+            .await?
+            .map_err(|e| PoolError::Store(StoreError::Checkpoint(Arc::new(e))))
+    }
+}
+
+struct Owner {
+    store: Store<FileCheckpoint>,
+    waiters: VecDeque<Waiter>,
+    pending: Arc<AtomicU32>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+type ApplyReply = oneshot::Sender<Vec<Result<Outcome, StoreError>>>;
+
+/// Where a batch result goes.
+enum Route {
+    Allocate(Waiter),
+    Release(oneshot::Sender<Result<Option<Ipv4Addr>, PoolError>>),
+    Gc,
+    Apply(usize),
+}
+
+impl Owner {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        loop {
+            let first = if self.waiters.is_empty() {
+                match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut cmds: Vec<Cmd> = first.into_iter().collect();
+            while cmds.len() < 512 {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.handle(cmds);
+        }
+        for w in self.waiters.drain(..) {
+            let _ = w.reply.send(Err(PoolError::Stopped));
+        }
+    }
+
+    fn handle(&mut self, cmds: Vec<Cmd>) {
+        let now = UnixMillis::now();
+        let mut changes = Vec::new();
+        let mut routes = Vec::new();
+        let mut applies: Vec<(ApplyReply, Vec<Result<Outcome, StoreError>>)> = Vec::new();
+        let mut gcs = Vec::new();
+        let mut queries = Vec::new();
+        for c in cmds {
+            match c {
+                Cmd::Allocate {
+                    key,
+                    pod,
+                    deadline,
+                    timeout,
+                    reply,
+                } => {
+                    changes.push(Change::Allocate {
+                        key: key.clone(),
+                        pod: pod.clone(),
+                    });
+                    routes.push(Route::Allocate(Waiter {
+                        key,
+                        pod,
+                        deadline,
+                        timeout,
+                        reply,
+                    }));
+                }
+                Cmd::Release { key, reply } => {
+                    changes.push(Change::Release { key });
+                    routes.push(Route::Release(reply));
+                }
+                Cmd::Gc {
+                    network,
+                    keep,
+                    reply,
+                } => {
+                    let doomed: Vec<PodKey> = self
+                        .store
+                        .datastore()
+                        .allocations()
+                        .filter(|(k, _)| k.network() == network && !keep.contains(*k))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    let n = doomed.len() as u32;
+                    for key in doomed {
+                        changes.push(Change::Release { key });
+                        routes.push(Route::Gc);
+                    }
+                    gcs.push((reply, n));
+                }
+                Cmd::Apply { changes: c, reply } => {
+                    let idx = applies.len();
+                    applies.push((reply, Vec::new()));
+                    for ch in c {
+                        changes.push(ch);
+                        routes.push(Route::Apply(idx));
+                    }
+                }
+                other => queries.push(other),
+            }
+        }
+        let mut gc_failed: Option<StoreError> = None;
+        if !changes.is_empty() {
+            let results = self.apply(changes, now);
+            for (route, r) in routes.into_iter().zip(results) {
+                match route {
+                    Route::Allocate(w) => match r {
+                        Ok(Outcome::Allocated(a)) => {
+                            let _ = w.reply.send(Ok(a.address));
+                        }
+                        Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
+                            tracing::debug!(pod.key = %w.key, "no free address: waiting for the pool to grow");
+                            self.waiters.push_back(w);
+                            self.wake.notify_one();
+                        }
+                        Err(e) => {
+                            let _ = w.reply.send(Err(e.into()));
+                        }
+                        Ok(o) => unreachable!("allocate gave {o:?}"),
+                    },
+                    Route::Release(reply) => {
+                        let _ = reply.send(match r {
+                            Ok(Outcome::Released(a)) => Ok(Some(a.address)),
+                            Err(StoreError::Datastore(DatastoreError::NotFound(_))) => Ok(None),
+                            Err(e) => Err(e.into()),
+                            Ok(o) => unreachable!("release gave {o:?}"),
+                        });
+                    }
+                    Route::Gc => {
+                        if let Err(e) = r
+                            && !matches!(e, StoreError::Datastore(DatastoreError::NotFound(_)))
+                        {
+                            gc_failed = Some(e);
+                        }
+                    }
+                    Route::Apply(i) => applies[i].1.push(r),
+                }
+            }
+        }
+        for (reply, n) in gcs {
+            let _ = reply.send(match &gc_failed {
+                Some(e) => Err(e.clone().into()),
+                None => Ok(n),
+            });
+        }
+        for (reply, results) in applies {
+            let _ = reply.send(results);
+        }
+        self.retry_waiters();
+        for q in queries {
+            self.answer(q);
+        }
+        self.publish();
+    }
+
+    fn apply(&mut self, changes: Vec<Change>, now: UnixMillis) -> Vec<Result<Outcome, StoreError>> {
+        let writes = self.store.writes();
+        let t = Instant::now();
+        let r = self.store.apply_batch(changes, now);
+        if self.store.writes() > writes {
+            self.metrics.checkpoint_write(t.elapsed());
+        }
+        r
+    }
+
+    fn retry_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut live = VecDeque::new();
+        for w in self.waiters.drain(..) {
+            if w.reply.is_closed() {
+                continue;
+            }
+            if w.deadline <= now {
+                let _ = w.reply.send(Err(PoolError::Timeout(w.timeout)));
+                continue;
+            }
+            live.push_back(w);
+        }
+        if live.is_empty() {
+            return;
+        }
+        let changes = live
+            .iter()
+            .map(|w| Change::Allocate {
+                key: w.key.clone(),
+                pod: w.pod.clone(),
+            })
+            .collect();
+        let results = self.apply(changes, UnixMillis::now());
+        for (w, r) in live.into_iter().zip(results) {
+            match r {
+                Ok(Outcome::Allocated(a)) => {
+                    let _ = w.reply.send(Ok(a.address));
+                }
+                Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
+                    self.waiters.push_back(w)
+                }
+                Err(e) => {
+                    let _ = w.reply.send(Err(e.into()));
+                }
+                Ok(o) => unreachable!("allocate gave {o:?}"),
+            }
+        }
+    }
+
+    fn answer(&mut self, q: Cmd) {
+        match q {
+            Cmd::Check { key, reply } => {
+                let _ = reply.send(self.store.datastore().get(&key).map(|a| a.address));
+            }
+            Cmd::Snapshot { limits, reply } => {
+                self.store.expire(UnixMillis::now());
+                let _ = reply.send(PoolSnapshot::of(
+                    self.store.datastore(),
+                    limits,
+                    self.waiters.len() as u32,
+                ));
+            }
+            Cmd::View { reply } => {
+                self.store.expire(UnixMillis::now());
+                let _ = reply.send(self.view());
+            }
+            Cmd::TakeFreeSecondary { eni, count, reply } => {
+                self.store.expire(UnixMillis::now());
+                let free: Vec<Ipv4Addr> = self
+                    .store
+                    .datastore()
+                    .enis()
+                    .get(&eni)
+                    .map(|e| {
+                        e.secondary_ips
+                            .iter()
+                            .rev()
+                            .filter(|a| {
+                                self.store
+                                    .datastore()
+                                    .usage(BlockId::Ip(**a))
+                                    .is_some_and(|u| u.free == 1)
+                            })
+                            .take(count as usize)
+                            .copied()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let changes = free
+                    .iter()
+                    .map(|a| Change::RemoveSecondaryIp {
+                        addr: *a,
+                        force: false,
+                    })
+                    .collect();
+                let results = self.apply(changes, UnixMillis::now());
+                let taken = free
+                    .into_iter()
+                    .zip(results)
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(a, _)| a)
+                    .collect();
+                let _ = reply.send(taken);
+            }
+            Cmd::Flush { reply } => {
+                let _ = reply.send(self.store.flush());
+            }
+            _ => unreachable!("only queries reach answer"),
+        }
+    }
+
+    fn view(&self) -> PoolView {
+        let ds = self.store.datastore();
+        let enis = ds
+            .enis()
+            .iter()
+            .map(|(id, e)| EniView {
+                id: id.clone(),
+                device_index: e.device_index,
+                primary: e.primary,
+                prefixes: e
+                    .prefixes
+                    .iter()
+                    .map(|p| {
+                        let u = ds.usage(BlockId::Prefix(*p)).unwrap_or_default();
+                        PrefixView {
+                            cidr: p.to_string(),
+                            assigned: u.assigned,
+                            cooling: u.cooling,
+                            free: u.free,
+                        }
+                    })
+                    .collect(),
+                secondary_ips: e
+                    .secondary_ips
+                    .iter()
+                    .map(|a| {
+                        let u = ds.usage(BlockId::Ip(*a)).unwrap_or_default();
+                        IpView {
+                            address: *a,
+                            state: if u.assigned > 0 {
+                                "assigned"
+                            } else if u.cooling > 0 {
+                                "cooling"
+                            } else {
+                                "free"
+                            },
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut allocations: Vec<AllocationView> = ds
+            .allocations()
+            .map(|(k, a)| AllocationView {
+                key: k.clone(),
+                address: a.address,
+                pod_namespace: a.pod.namespace.clone(),
+                pod_name: a.pod.name.clone(),
+                allocated_at_ms: a.allocated_at.0,
+            })
+            .collect();
+        allocations.sort_by_key(|a| a.address);
+        PoolView {
+            enis,
+            allocations,
+            pending: self.waiters.len() as u32,
+            checkpoint_writes: self.store.writes(),
+        }
+    }
+
+    fn publish(&mut self) {
+        let pending = self.waiters.len() as u32;
+        self.pending.store(pending, Ordering::Relaxed);
+        let ds = self.store.datastore();
+        let (mut total, mut assigned, mut cooling, mut prefixes, mut secondary) = (0, 0, 0, 0, 0);
+        for e in ds.enis().values() {
+            for p in &e.prefixes {
+                let u = ds.usage(BlockId::Prefix(*p)).unwrap_or_default();
+                total += 16;
+                assigned += u.assigned;
+                cooling += u.cooling;
+                prefixes += 1;
+            }
+            for a in &e.secondary_ips {
+                let u = ds.usage(BlockId::Ip(*a)).unwrap_or_default();
+                total += 1;
+                assigned += u.assigned;
+                cooling += u.cooling;
+                secondary += 1;
+            }
+        }
+        self.metrics.pool(
+            total,
+            assigned,
+            cooling,
+            prefixes,
+            secondary,
+            ds.enis().len() as u32,
+            pending,
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! What the agent reports about itself: readiness and its reason, the mode it is in, the last
+//! plan. Written by the loop, read by the socket server, /readyz and `prefixd status`.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::core::Plan;
+
+/// A snapshot of the agent's state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusView {
+    /// The first resync with EC2 succeeded.
+    pub resynced: bool,
+    /// The plugin socket is serving.
+    pub socket_up: bool,
+    /// Growing with /32 secondary addresses because no /28 could be had.
+    pub fallback_active: bool,
+    /// SECONDARY_IP_FALLBACK.
+    pub fallback_allowed: bool,
+    /// The EC2 endpoint accepted an Assign for prefixes and assigned none.
+    pub prefixes_unsupported: bool,
+    /// `prefix` or `secondary_ip`: what the planner uses now.
+    pub mode: String,
+    /// Demand the instance cannot meet (max ENIs and slots in use).
+    pub at_capacity: bool,
+    /// The last plan the loop made.
+    pub last_plan: Option<Plan>,
+    /// The last EC2 error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Resyncs done.
+    pub resyncs: u64,
+}
+
+/// Shared status.
+#[derive(Debug, Default)]
+pub struct Status {
+    inner: Mutex<StatusView>,
+}
+
+impl Status {
+    /// Changes it.
+    pub fn update(&self, f: impl FnOnce(&mut StatusView)) {
+        f(&mut self.inner.lock().expect("status lock"));
+    }
+
+    /// A copy.
+    pub fn view(&self) -> StatusView {
+        self.inner.lock().expect("status lock").clone()
+    }
+
+    /// Why the agent cannot hand out addresses, or `None` when it can.
+    pub fn not_ready(&self) -> Option<String> {
+        let s = self.inner.lock().expect("status lock");
+        if !s.resynced {
+            return Some("waiting for the first resync with EC2".into());
+        }
+        if s.prefixes_unsupported && !s.fallback_allowed {
+            return Some(
+                "the EC2 endpoint cannot delegate prefixes (an Assign succeeded and assigned none); \
+                 set SECONDARY_IP_FALLBACK=true or ENABLE_PREFIX_DELEGATION=false"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    /// Ready for /readyz: resynced, socket up, and a way to get addresses.
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Some(why) = self.not_ready() {
+            return Err(why);
+        }
+        if !self.inner.lock().expect("status lock").socket_up {
+            return Err("the plugin socket is not up yet".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! The EC2 seam: our verbs, our types, and errors classified once.
+//!
+//! The agent reaches EC2 only through [`Ec2`]. [`sdk::SdkEc2`] implements it with aws-sdk-ec2;
+//! its errors are sorted into an [`ErrorClass`] in one place, so that no other code matches on
+//! error strings.
+
+pub mod limiter;
+pub mod sdk;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+
+use crate::core::{EniId, InstanceId, Prefix28, SubnetId};
+
+/// Every EC2 action the agent calls (the IAM policy in deploy/ grants exactly these).
+pub const ACTIONS: &[&str] = &[
+    "AssignPrivateIpAddresses",
+    "AttachNetworkInterface",
+    "CreateNetworkInterface",
+    "CreateTags",
+    "DeleteNetworkInterface",
+    "DescribeInstanceTypes",
+    "DescribeInstances",
+    "DescribeNetworkInterfaces",
+    "DescribeSubnets",
+    "DetachNetworkInterface",
+    "ModifyNetworkInterfaceAttribute",
+    "UnassignPrivateIpAddresses",
+];
+
+/// Tag keys the agent puts on the ENIs it creates (the VPC CNI's names).
+pub mod tags {
+    /// The instance the ENI was made for.
+    pub const INSTANCE_ID: &str = "node.k8s.amazonaws.com/instance_id";
+    /// When it was made (RFC 3339).
+    pub const CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
+    /// CLUSTER_NAME, when set.
+    pub const CLUSTER_NAME: &str = "cluster.k8s.amazonaws.com/name";
+}
+
+/// What kind of failure an EC2 error is; the loop decides on this alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// RequestLimitExceeded: back off and retry.
+    Throttled,
+    /// InsufficientCidrBlocks: no free aligned /28 in the subnet.
+    InsufficientCidr,
+    /// InsufficientFreeAddressesInSubnet: no free address at all.
+    InsufficientAddresses,
+    /// PrivateIpAddressLimitExceeded / AttachmentLimitExceeded: local state is stale; resync.
+    LimitExceeded,
+    /// An id EC2 does not know (or does not know yet: eventual consistency); resync.
+    NotFound,
+    /// The IAM policy lacks the action.
+    Unauthorized,
+    /// Network trouble, timeouts, 5xx: retry with backoff.
+    Transient,
+    /// Anything else: a bug or bad input; surfaced, not retried blindly.
+    Fatal,
+}
+
+impl ErrorClass {
+    /// Sorts an EC2 error code (and HTTP status, when known) into a class.
+    pub fn of(code: &str, status: Option<u16>) -> Self {
+        match code {
+            "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => Self::Throttled,
+            "InsufficientCidrBlocks" => Self::InsufficientCidr,
+            "InsufficientFreeAddressesInSubnet" => Self::InsufficientAddresses,
+            "PrivateIpAddressLimitExceeded" | "AttachmentLimitExceeded" => Self::LimitExceeded,
+            c if c.ends_with(".NotFound") => Self::NotFound,
+            "UnauthorizedOperation" | "AuthFailure" | "Blocked" => Self::Unauthorized,
+            "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => {
+                Self::Transient
+            }
+            _ if status.is_some_and(|s| s >= 500) => Self::Transient,
+            _ => Self::Fatal,
+        }
+    }
+
+    /// Label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::InsufficientCidr => "insufficient_cidr",
+            Self::InsufficientAddresses => "insufficient_addresses",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::NotFound => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::Transient => "transient",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+/// A failed EC2 call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("EC2 {action} failed ({code}, {}): {message}", class.as_str())]
+pub struct Ec2Error {
+    /// The action.
+    pub action: &'static str,
+    /// Its class.
+    pub class: ErrorClass,
+    /// EC2's code (or a transport error's kind).
+    pub code: String,
+    /// The message.
+    pub message: String,
+}
+
+/// An ENI as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniInfo {
+    /// Its id.
+    pub id: EniId,
+    /// Its subnet.
+    pub subnet: SubnetId,
+    /// `available` or `in-use`.
+    pub status: String,
+    /// Device index, when attached.
+    pub device_index: Option<u32>,
+    /// Attachment id, when attached.
+    pub attachment_id: Option<String>,
+    /// `attaching`, `attached`...
+    pub attachment_status: Option<String>,
+    /// Primary address.
+    pub primary_ip: Option<Ipv4Addr>,
+    /// Secondary addresses.
+    pub secondary_ips: Vec<Ipv4Addr>,
+    /// Prefixes.
+    pub prefixes: Vec<Prefix28>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The node's instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// Id.
+    pub id: InstanceId,
+    /// Instance type.
+    pub instance_type: String,
+    /// Subnet of the primary ENI.
+    pub subnet: SubnetId,
+    /// VPC.
+    pub vpc: String,
+    /// Security groups of the primary ENI.
+    pub security_groups: Vec<String>,
+    /// The primary ENI.
+    pub primary_eni: EniId,
+}
+
+/// A subnet's free space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetInfo {
+    /// Id.
+    pub id: SubnetId,
+    /// CIDR.
+    pub cidr: String,
+    /// AvailableIpAddressCount.
+    pub available: u32,
+}
+
+/// An instance type's network limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeLimits {
+    /// MaximumNetworkInterfaces.
+    pub max_enis: u32,
+    /// Ipv4AddressesPerInterface.
+    pub ipv4_per_eni: u32,
+    /// Nitro or bare metal.
+    pub supports_prefixes: bool,
+    /// Default vCPUs (for max pods), when known.
+    pub vcpus: u32,
+}
+
+/// A CreateNetworkInterface request.
+#[derive(Debug, Clone)]
+pub struct NewEni {
+    /// Subnet.
+    pub subnet: SubnetId,
+    /// Security groups.
+    pub security_groups: Vec<String>,
+    /// Description.
+    pub description: String,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Ipv4PrefixCount.
+    pub prefixes: u32,
+    /// SecondaryPrivateIpAddressCount.
+    pub secondary_ips: u32,
+}
+
+/// EC2 as the agent uses it. Every method is one API call (paginated Describes aside).
+pub trait Ec2: Send + Sync + 'static {
+    /// DescribeInstances for one instance.
+    fn describe_instance(
+        &self,
+        id: &InstanceId,
+    ) -> impl Future<Output = Result<InstanceInfo, Ec2Error>> + Send;
+    /// DescribeInstanceTypes for one type.
+    fn describe_instance_type(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<TypeLimits, Ec2Error>> + Send;
+    /// DescribeSubnets.
+    fn describe_subnets(
+        &self,
+        ids: &[SubnetId],
+    ) -> impl Future<Output = Result<Vec<SubnetInfo>, Ec2Error>> + Send;
+    /// DescribeNetworkInterfaces attached to `instance`, every page.
+    fn describe_node_enis(
+        &self,
+        instance: &InstanceId,
+    ) -> impl Future<Output = Result<Vec<EniInfo>, Ec2Error>> + Send;
+    /// DescribeNetworkInterfaces that are `available` and carry the agent's instance tag.
+    fn describe_detached_tagged_enis(
+        &self,
+        cluster: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<EniInfo>, Ec2Error>> + Send;
+    /// AssignPrivateIpAddresses with Ipv4PrefixCount.
+    fn assign_prefixes(
+        &self,
+        eni: &EniId,
+        count: u32,
+    ) -> impl Future<Output = Result<Vec<Prefix28>, Ec2Error>> + Send;
+    /// AssignPrivateIpAddresses with SecondaryPrivateIpAddressCount.
+    fn assign_secondary_ips(
+        &self,
+        eni: &EniId,
+        count: u32,
+    ) -> impl Future<Output = Result<Vec<Ipv4Addr>, Ec2Error>> + Send;
+    /// UnassignPrivateIpAddresses.
+    fn unassign(
+        &self,
+        eni: &EniId,
+        prefixes: &[Prefix28],
+        ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// CreateNetworkInterface.
+    fn create_eni(&self, req: &NewEni) -> impl Future<Output = Result<EniInfo, Ec2Error>> + Send;
+    /// AttachNetworkInterface (network card 0); returns the attachment id.
+    fn attach_eni(
+        &self,
+        eni: &EniId,
+        instance: &InstanceId,
+        device_index: u32,
+    ) -> impl Future<Output = Result<String, Ec2Error>> + Send;
+    /// ModifyNetworkInterfaceAttribute Attachment.DeleteOnTermination=true.
+    fn set_delete_on_termination(
+        &self,
+        eni: &EniId,
+        attachment_id: &str,
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// DetachNetworkInterface.
+    fn detach_eni(&self, attachment_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// DeleteNetworkInterface.
+    fn delete_eni(&self, eni: &EniId) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(
+            ErrorClass::of("RequestLimitExceeded", Some(503)),
+            ErrorClass::Throttled
+        );
+        assert_eq!(
+            ErrorClass::of("InsufficientCidrBlocks", Some(400)),
+            ErrorClass::InsufficientCidr
+        );
+        assert_eq!(
+            ErrorClass::of("PrivateIpAddressLimitExceeded", None),
+            ErrorClass::LimitExceeded
+        );
+        assert_eq!(
+            ErrorClass::of("InvalidNetworkInterfaceID.NotFound", None),
+            ErrorClass::NotFound
+        );
+        assert_eq!(
+            ErrorClass::of("UnauthorizedOperation", Some(403)),
+            ErrorClass::Unauthorized
+        );
+        assert_eq!(ErrorClass::of("Whatever", Some(502)), ErrorClass::Transient);
+        assert_eq!(
+            ErrorClass::of("InvalidParameterValue", Some(400)),
+            ErrorClass::Fatal
+        );
+    }
+}
