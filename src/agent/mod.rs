@@ -24,7 +24,7 @@ use crate::core::checkpoint::CheckpointError;
 use crate::core::instance_types;
 use crate::core::planner::Limits;
 use crate::core::{InstanceId, Mode};
-use crate::ec2::{Ec2, Ec2Error, TypeLimits};
+use crate::ec2::{Ec2, Ec2Error, ErrorClass, TypeLimits};
 use crate::metrics::Metrics;
 use config::AgentConfig;
 use pool::PoolHandle;
@@ -59,6 +59,36 @@ pub enum AgentError {
     },
 }
 
+/// Retries `f` on throttled and transient errors, with jittered exponential backoff, up to
+/// eight attempts (about a minute): start-up must not fail on one throttled call.
+async fn retrying<T, F, Fut>(what: &str, mut f: F) -> Result<T, Ec2Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Ec2Error>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if attempt < 7
+                    && matches!(e.class, ErrorClass::Throttled | ErrorClass::Transient) =>
+            {
+                attempt += 1;
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let jittered = delay.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0);
+                tracing::warn!(what, attempt, error = %e, retry_ms = jittered.as_millis() as u64, "start-up EC2 call failed; retrying");
+                tokio::time::sleep(jittered).await;
+                delay = (delay * 2).min(Duration::from_secs(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Finds the node's type, subnet, security groups and limits through EC2 (DescribeInstances,
 /// DescribeInstanceTypes; the built-in table when the latter fails).
 pub async fn discover<E: Ec2>(
@@ -66,8 +96,12 @@ pub async fn discover<E: Ec2>(
     cfg: &AgentConfig,
     instance: &InstanceId,
 ) -> Result<Node, AgentError> {
-    let info = ec2.describe_instance(instance).await?;
-    let limits: TypeLimits = match ec2.describe_instance_type(&info.instance_type).await {
+    let info = retrying("DescribeInstances", || ec2.describe_instance(instance)).await?;
+    let limits: TypeLimits = match retrying("DescribeInstanceTypes", || {
+        ec2.describe_instance_type(&info.instance_type)
+    })
+    .await
+    {
         Ok(l) => l,
         Err(e) => {
             let t = instance_types::lookup(&info.instance_type).ok_or_else(|| {

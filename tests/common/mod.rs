@@ -77,3 +77,129 @@ pub async fn http_async(
     .await
     .unwrap()
 }
+
+/// An agent running in this process against a mock, over HTTP through the real SDK.
+pub struct TestAgent {
+    pub agent: prefixd::agent::AgentHandle,
+    pub socket: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts `prefixd agent`'s machinery in-process. `args` are extra agent flags.
+pub async fn start_agent(mock: &MockServer, instance: &str, args: &[&str]) -> TestAgent {
+    start_agent_in(mock, instance, args, tempfile::tempdir().unwrap(), 1).await
+}
+
+/// As [`start_agent`], in a given directory and with SDK retries set to `attempts`.
+pub async fn start_agent_in(
+    mock: &MockServer,
+    instance: &str,
+    args: &[&str],
+    dir: tempfile::TempDir,
+    attempts: u32,
+) -> TestAgent {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct A {
+        #[command(flatten)]
+        a: prefixd::agent::config::AgentArgs,
+    }
+    let socket = dir.path().join("agent.sock");
+    let cp = dir.path().join("checkpoint.json");
+    let mut argv: Vec<String> = vec![
+        "agent".into(),
+        "--instance-id".into(),
+        instance.into(),
+        "--checkpoint-path".into(),
+        cp.display().to_string(),
+        "--socket-path".into(),
+        socket.display().to_string(),
+        "--introspection-bind-address".into(),
+        "127.0.0.1:0".into(),
+        "--metrics-bind-address".into(),
+        "127.0.0.1:0".into(),
+        "--pool-tick".into(),
+        "100ms".into(),
+    ];
+    if !args.contains(&"--ec2-api-qps") {
+        argv.extend(["--ec2-api-qps".into(), "100".into()]);
+    }
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let cfg = A::try_parse_from(&argv).unwrap().a.to_config().unwrap();
+    let metrics = std::sync::Arc::new(prefixd::metrics::Metrics::new());
+    let conf = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-west-2"))
+        .endpoint_url(mock.endpoint())
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .retry_config(
+            aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(attempts),
+        )
+        .build();
+    let ec2 = prefixd::ec2::sdk::SdkEc2::new(
+        aws_sdk_ec2::Client::from_conf(conf),
+        prefixd::ec2::limiter::Limiter::new(cfg.ec2_api_qps, cfg.ec2_api_burst),
+        metrics.clone(),
+    );
+    let agent = prefixd::agent::start(cfg, ec2, instance.parse().unwrap(), metrics)
+        .await
+        .unwrap();
+    agent
+        .wait_ready(std::time::Duration::from_secs(20))
+        .await
+        .unwrap();
+    TestAgent { agent, socket, dir }
+}
+
+/// ADD through the socket, as the plugin does (blocking client on a blocking thread).
+pub async fn add(
+    socket: &std::path::Path,
+    container: &str,
+    timeout_ms: u64,
+) -> prefixd::ipc::Reply {
+    let socket = socket.to_owned();
+    let key = prefixd::core::PodKey::new("net", container, "eth0").unwrap();
+    tokio::task::spawn_blocking(move || {
+        prefixd::ipc::call(
+            &socket,
+            prefixd::ipc::Op::Add {
+                key,
+                pod_namespace: "default".into(),
+                pod_name: "p".into(),
+                timeout_ms,
+            },
+            std::time::Duration::from_millis(timeout_ms + 5_000),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// DEL through the socket.
+pub async fn del(socket: &std::path::Path, container: &str) -> prefixd::ipc::Reply {
+    let socket = socket.to_owned();
+    let key = prefixd::core::PodKey::new("net", container, "eth0").unwrap();
+    tokio::task::spawn_blocking(move || {
+        prefixd::ipc::call(
+            &socket,
+            prefixd::ipc::Op::Del { key },
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Polls `f` every 50 ms until it is true or `secs` pass.
+pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {secs} s waiting for: {what}");
+}

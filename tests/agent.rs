@@ -1,0 +1,323 @@
+//! The agent against the mock EC2 over HTTP (real aws-sdk-ec2 client), driven through its real
+//! socket as the CNI plugin drives it.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::{add, del, eventually, http_async, start_agent, start_agent_in, start_mock};
+use ipnet::Ipv4Net;
+use prefixd::mock::control::{ErrorRateSpec, FaultSpec};
+
+const NODE: &str = r#"{
+  "vpcs": [{ "cidr": "10.0.0.0/16", "subnets": [{ "name": "nodes", "cidr": "10.0.0.0/20" }] }],
+  "instances": [{ "name": "node", "type": "m5.large", "subnet": "nodes" }]
+}"#;
+
+const FRAGMENTED: &str = r#"{
+  "vpcs": [{ "cidr": "10.0.0.0/16", "subnets": [{ "name": "nodes", "cidr": "10.0.0.0/22", "fragment": true }] }],
+  "instances": [{ "name": "node", "type": "m5.large", "subnet": "nodes" }]
+}"#;
+
+/// (ENIs attached to the instance, prefixes on them, `available` ENIs) as EC2 sees them.
+fn ec2_view(mock: &prefixd::mock::MockServer, instance: &str) -> (usize, usize, usize) {
+    mock.with_model(|m| {
+        let enis = m.enis_of(instance);
+        let prefixes = enis.iter().map(|e| e.prefixes.len()).sum();
+        let available = m.enis.values().filter(|e| e.attachment.is_none()).count();
+        (enis.len(), prefixes, available)
+    })
+}
+
+async fn free_prefixes(a: &common::TestAgent) -> usize {
+    let v = a.agent.pool.view().await.unwrap();
+    v.enis
+        .iter()
+        .flat_map(|e| e.prefixes.iter())
+        .filter(|p| p.assigned == 0 && p.cooling == 0)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_reaches_warm_prefix_target_with_one_assign() {
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    let a = start_agent(&mock, &node, &[]).await;
+    eventually(10, "one wholly free prefix", async || {
+        free_prefixes(&a).await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = mock.stats();
+    assert_eq!(stats.calls_of("AssignPrivateIpAddresses"), 1, "{stats:?}");
+    assert_eq!(stats.calls_of("CreateNetworkInterface"), 0);
+    assert_eq!(ec2_view(&mock, &node), (1, 1, 0));
+    // An ADD is served from it, with no EC2 call.
+    let r = add(&a.socket, "c1", 5_000).await;
+    let addr = r.address.expect("an address");
+    let net: Ipv4Net = "10.0.0.0/20".parse().unwrap();
+    assert!(net.contains(&addr));
+    // Idempotent.
+    assert_eq!(add(&a.socket, "c1", 5_000).await.address, Some(addr));
+    a.agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_200_adds_fills_the_primary_then_a_second_eni_and_dels_release_the_excess() {
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    let a = start_agent(
+        &mock,
+        &node,
+        &[
+            "--max-pods",
+            "250",
+            "--release-delay",
+            "1s",
+            "--ip-cooldown-period",
+            "1s",
+        ],
+    )
+    .await;
+    eventually(10, "warm pool", async || free_prefixes(&a).await == 1).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = a.socket.clone();
+        tasks.push(tokio::spawn(async move {
+            add(&s, &format!("pod{i}"), 30_000).await
+        }));
+    }
+    let mut addrs = HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.error.is_none(), "{:?}", r.error);
+        assert!(addrs.insert(r.address.unwrap()), "an address given twice");
+    }
+    assert_eq!(addrs.len(), 200);
+    let (enis, prefixes, available) = ec2_view(&mock, &node);
+    assert_eq!(enis, 2, "the primary filled, then one more ENI");
+    assert!(prefixes >= 13, "{prefixes} prefixes for 200 pods");
+    assert_eq!(available, 0);
+    let primary_prefixes =
+        mock.with_model(|m| m.enis[&m.instances[&node].primary_eni].prefixes.len());
+    assert_eq!(
+        primary_prefixes, 9,
+        "m5.large: 10 slots, the primary address takes one"
+    );
+    let stats = mock.stats();
+    assert_eq!(stats.calls_of("CreateNetworkInterface"), 1);
+    assert_eq!(stats.calls_of("AttachNetworkInterface"), 1);
+
+    // Everything goes; after the cooldown and RELEASE_DELAY the excess is released, the second
+    // ENI with it.
+    for i in 0..200 {
+        let r = del(&a.socket, &format!("pod{i}")).await;
+        assert_eq!(r.released, Some(1));
+    }
+    assert_eq!(
+        del(&a.socket, "pod0").await.released,
+        Some(0),
+        "DEL is idempotent"
+    );
+    eventually(20, "release down to WARM_PREFIX_TARGET", async || {
+        ec2_view(&mock, &node) == (1, 1, 0)
+    })
+    .await;
+    let stats = mock.stats();
+    assert_eq!(stats.calls_of("DeleteNetworkInterface"), 1);
+    assert!(stats.calls_of("UnassignPrivateIpAddresses") >= 1);
+    a.agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_throttling_on_every_action_converges_within_the_limiter() {
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    for action in prefixd::mock::actions::ACTIONS {
+        mock.with_control(|c| {
+            c.set_error_rate(ErrorRateSpec {
+                action: action.to_string(),
+                rate: 0.3,
+                code: "RequestLimitExceeded".into(),
+            })
+        });
+    }
+    let start = Instant::now();
+    // SDK retries off, so that every HTTP call is one the limiter let through.
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent_in(
+        &mock,
+        &node,
+        &["--ec2-api-qps", "4", "--ec2-api-burst", "4"],
+        dir,
+        1,
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = a.socket.clone();
+        tasks.push(tokio::spawn(async move {
+            add(&s, &format!("t{i}"), 30_000).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.address.is_some(), "{:?}", r.error);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let stats = mock.stats();
+    let throttled: u64 = stats.throttled.values().sum();
+    let injected: u64 = stats
+        .errors
+        .values()
+        .flat_map(|m| m.get("RequestLimitExceeded"))
+        .sum();
+    assert!(injected > 0, "nothing was throttled: {stats:?}");
+    let mutating = stats.mutating_calls() as f64;
+    assert!(
+        mutating <= 4.0 + 4.0 * elapsed + 1.0,
+        "{mutating} mutating calls in {elapsed:.1} s exceed the limiter (burst 4, 4/s)"
+    );
+    let _ = throttled;
+    a.agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attach_leaves_no_eni() {
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    mock.with_control(|c| {
+        c.add_fault(FaultSpec {
+            action: "AttachNetworkInterface".into(),
+            fail_next: 1,
+            code: "InternalError".into(),
+            message: None,
+        })
+    });
+    // 12 free prefixes: 9 on the primary, then a new ENI, whose first attach fails.
+    let a = start_agent(
+        &mock,
+        &node,
+        &["--warm-prefix-target", "12", "--max-pods", "250"],
+    )
+    .await;
+    eventually(20, "12 free prefixes", async || {
+        free_prefixes(&a).await == 12
+    })
+    .await;
+    let stats = mock.stats();
+    assert_eq!(stats.errors["AttachNetworkInterface"]["InternalError"], 1);
+    assert_eq!(stats.calls_of("CreateNetworkInterface"), 2);
+    assert!(
+        stats.calls_of("DeleteNetworkInterface") >= 1,
+        "the half-made ENI was deleted"
+    );
+    let (enis, prefixes, available) = ec2_view(&mock, &node);
+    assert_eq!((enis, prefixes, available), (2, 12, 0), "no ENI leaked");
+    a.agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmented_subnet_falls_back_to_secondary_addresses() {
+    let mock = start_mock(FRAGMENTED).await;
+    let node = mock.id("node").unwrap().to_owned();
+    let a = start_agent(&mock, &node, &[]).await;
+    let r = add(&a.socket, "pod", 20_000).await;
+    let addr = r.address.unwrap_or_else(|| panic!("{:?}", r.error));
+    let secondary: Vec<Ipv4Addr> =
+        mock.with_model(|m| m.enis[&m.instances[&node].primary_eni].secondary.clone());
+    assert!(
+        secondary.contains(&addr),
+        "{addr} is a /32 secondary address"
+    );
+    let st = a.agent.status.view();
+    assert!(st.fallback_active, "{st:?}");
+    assert_eq!(st.mode, "secondary_ip");
+    let stats = mock.stats();
+    assert!(stats.errors["AssignPrivateIpAddresses"]["InsufficientCidrBlocks"] >= 1);
+    a.agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_provisioning_never_changes_ec2() {
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    let a = start_agent(
+        &mock,
+        &node,
+        &["--disable-network-resource-provisioning", "true"],
+    )
+    .await;
+    let r = add(&a.socket, "pod", 300).await;
+    assert_eq!(r.error.unwrap().kind, prefixd::ipc::ErrorKind::Timeout);
+    assert_eq!(mock.stats().mutating_calls(), 0);
+    a.agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_metrics_and_status_table() {
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    let a = start_agent(&mock, &node, &[]).await;
+    eventually(10, "warm pool", async || free_prefixes(&a).await == 1).await;
+    add(&a.socket, "c1", 5_000).await;
+    let ia = a.agent.introspection_addr;
+    let (s, body) = http_async(ia, "GET", "/v1/pool", vec![], String::new()).await;
+    assert_eq!(s, 200);
+    let snap: prefixd::core::PoolSnapshot = serde_json::from_str(&body).unwrap();
+    snap.validate().unwrap();
+    assert_eq!(snap.limits.max_pods, 110);
+    assert_eq!(snap.enis[0].prefixes[0].assigned, 1);
+    let (s, body) = http_async(ia, "GET", "/v1/allocations", vec![], String::new()).await;
+    assert_eq!(s, 200);
+    assert!(body.contains("\"container_id\":\"c1\""), "{body}");
+    let (s, _) = http_async(ia, "GET", "/readyz", vec![], String::new()).await;
+    assert_eq!(s, 200);
+    let (s, _) = http_async(ia, "GET", "/healthz", vec![], String::new()).await;
+    assert_eq!(s, 200);
+    let (s, cfg) = http_async(ia, "GET", "/v1/config", vec![], String::new()).await;
+    assert_eq!(s, 200);
+    assert!(cfg.contains("\"warm_prefix_target\":1"), "{cfg}");
+    let (s, m) = http_async(
+        a.agent.metrics_addr,
+        "GET",
+        "/metrics",
+        vec![],
+        String::new(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for needle in [
+        "prefixd_ec2_calls_total{action=\"AssignPrivateIpAddresses\",result=\"ok\"} 1",
+        "prefixd_addresses{state=\"assigned\"} 1",
+        "prefixd_prefixes 1",
+        "prefixd_add_latency_seconds_count 1",
+        "prefixd_checkpoint_write_seconds_count",
+        "prefixd_fallback_active 0",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
+    }
+    let status: serde_json::Value = serde_json::from_str(
+        &http_async(ia, "GET", "/v1/status", vec![], String::new())
+            .await
+            .1,
+    )
+    .unwrap();
+    let enis: serde_json::Value = serde_json::from_str(
+        &http_async(ia, "GET", "/v1/enis", vec![], String::new())
+            .await
+            .1,
+    )
+    .unwrap();
+    let config: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    let table = prefixd::cli::status::render(&status, &config, &enis, Ok(()));
+    assert!(table.contains("m5.large"), "{table}");
+    assert!(
+        table.contains("total 16 addresses: 1 assigned, 0 cooling, 15 free"),
+        "{table}"
+    );
+    a.agent.shutdown().await.unwrap();
+}
