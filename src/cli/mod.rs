@@ -13,9 +13,43 @@ use crate::core::planner::{self, PlanError, PoolSnapshot};
 
 pub mod status;
 
+/// Every env var `prefixd agent` reads, with its default (`prefixd agent --help` shows the
+/// matching flags).
+pub const ENV_HELP: &str = "\
+Environment (prefixd agent; each also a flag, see `prefixd agent --help`):
+  WARM_PREFIX_TARGET=1            wholly free /28 prefixes to keep (when WARM_IP_TARGET is 0)
+  WARM_IP_TARGET=0                free addresses to keep (0 = unset)
+  MINIMUM_IP_TARGET=0             floor on addresses held (0 = unset)
+  WARM_ENI_TARGET=1               secondary-IP mode: ENIs' worth of free addresses
+  MAX_ENI=-1                      cap on ENIs (-1 = instance limit)
+  ENABLE_PREFIX_DELEGATION=true   /28 prefixes, or /32 secondary addresses
+  IP_COOLDOWN_PERIOD=30s          released addresses wait this long before reuse
+  MAX_PODS=(EKS formula)          pod cap; growth stops there
+  POD_SUBNET_IDS=(node subnet)    subnets for new ENIs, comma-separated
+  SECONDARY_IP_FALLBACK=true      /32 addresses when no /28 can be had
+  DISABLE_NETWORK_RESOURCE_PROVISIONING=false   never change EC2
+  RECONCILE_INTERVAL=60s          full resync with EC2
+  RELEASE_DELAY=30s               excess must last this long before release
+  INSUFFICIENT_CIDR_COOLDOWN=120s no prefixes from a subnet after InsufficientCidrBlocks
+  POOL_TICK=1s                    pool loop tick (ADDs wake it at once)
+  LEAK_SWEEP_INTERVAL=5m          look for leaked ENIs this often
+  LEAKED_ENI_AGE=5m               another node's detached tagged ENI is a leak once this old
+  CLUSTER_NAME=(unset)            tag ENIs with the cluster; sweep only its leaks
+  EC2_API_QPS=0.01                client-side sustained rate of mutating EC2 calls
+  EC2_API_BURST=40                client-side burst of mutating EC2 calls
+  CHECKPOINT_PATH=/var/lib/prefixd/checkpoint.json
+  DISCARD_CHECKPOINT=false        move an unreadable checkpoint aside and start empty
+  SOCKET_PATH=/run/prefixd/agent.sock
+  INTROSPECTION_BIND_ADDRESS=127.0.0.1:61679
+  METRICS_BIND_ADDRESS=127.0.0.1:61678
+  INSTANCE_ID=(from IMDS)         set it where there is no IMDS (LocalStack)
+  AWS_REGION, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...   read by aws-config as usual
+  AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_EC2_METADATA_DISABLED   IMDS endpoint / off
+  LOG_FORMAT=text                 json for JSON logs; RUST_LOG=info sets the level";
+
 /// prefixd: AWS VPC prefix-delegation node agent for Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "prefixd", version, about, long_about = None)]
+#[command(name = "prefixd", version, about, long_about = None, after_help = ENV_HELP)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]

@@ -1,0 +1,92 @@
+//! The `prefixd` binary's help and start-up refusals.
+
+use std::process::Command;
+
+fn prefixd(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_prefixd"))
+        .args(args)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_lists_every_env_var_with_its_default() {
+    let top = String::from_utf8(prefixd(&["--help"], &[]).stdout).unwrap();
+    let agent = String::from_utf8(prefixd(&["agent", "--help"], &[]).stdout).unwrap();
+    for var in [
+        "WARM_PREFIX_TARGET",
+        "WARM_IP_TARGET",
+        "MINIMUM_IP_TARGET",
+        "WARM_ENI_TARGET",
+        "MAX_ENI",
+        "ENABLE_PREFIX_DELEGATION",
+        "IP_COOLDOWN_PERIOD",
+        "MAX_PODS",
+        "POD_SUBNET_IDS",
+        "SECONDARY_IP_FALLBACK",
+        "DISABLE_NETWORK_RESOURCE_PROVISIONING",
+        "RECONCILE_INTERVAL",
+        "RELEASE_DELAY",
+        "INSUFFICIENT_CIDR_COOLDOWN",
+        "CLUSTER_NAME",
+        "EC2_API_QPS",
+        "EC2_API_BURST",
+        "CHECKPOINT_PATH",
+        "SOCKET_PATH",
+        "INTROSPECTION_BIND_ADDRESS",
+        "METRICS_BIND_ADDRESS",
+        "INSTANCE_ID",
+    ] {
+        assert!(top.contains(var), "prefixd --help lacks {var}");
+        assert!(
+            agent.contains(&format!("[env: {var}=")),
+            "prefixd agent --help lacks {var}"
+        );
+    }
+    assert!(agent.contains("[default: 127.0.0.1:61679]"));
+    assert!(agent.contains("[default: /var/lib/prefixd/checkpoint.json]"));
+}
+
+#[test]
+fn bad_settings_stop_the_agent_naming_the_variable() {
+    for (var, val) in [
+        ("WARM_PREFIX_TARGET", "-1"),
+        ("WARM_IP_TARGET", "ten"),
+        ("MAX_PODS", "0"),
+        ("EC2_API_QPS", "0"),
+        ("RELEASE_DELAY", "soon"),
+        ("POD_SUBNET_IDS", "subnet-1,vpc-2"),
+        ("SECONDARY_IP_FALLBACK", "maybe"),
+        ("INSTANCE_ID", "x-123"),
+    ] {
+        let out = prefixd(&["agent"], &[(var, val)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={val}: {err}");
+        assert!(err.contains(var), "{var}={val}: {err}");
+    }
+    let out = prefixd(&["agent"], &[("INTROSPECTION_BIND_ADDRESS", "localhost")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INTROSPECTION_BIND_ADDRESS"));
+}
+
+#[test]
+fn no_imds_and_no_instance_id_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = prefixd(
+        &["agent"],
+        &[
+            (
+                "CHECKPOINT_PATH",
+                dir.path().join("cp.json").to_str().unwrap(),
+            ),
+            ("SOCKET_PATH", dir.path().join("s.sock").to_str().unwrap()),
+            ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:0"),
+            ("METRICS_BIND_ADDRESS", "127.0.0.1:0"),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INSTANCE_ID"), "{err}");
+}
