@@ -98,6 +98,8 @@ pub struct Looper<E> {
     next_sweep: Instant,
     attachments: HashMap<EniId, String>,
     eni_subnets: HashMap<EniId, SubnetId>,
+    /// Device indexes in use on the instance, unmanaged ENIs included.
+    used_indexes: HashSet<u32>,
     missing_once: HashSet<String>,
     resynced: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -147,6 +149,7 @@ impl<E: Ec2> Looper<E> {
             next_sweep: now,
             attachments: HashMap::new(),
             eni_subnets: HashMap::new(),
+            used_indexes: HashSet::new(),
             missing_once: HashSet::new(),
             resynced: Some(resynced),
         }
@@ -304,6 +307,7 @@ impl<E: Ec2> Looper<E> {
                 return Ok(());
             }
         };
+        self.used_indexes = enis.iter().filter_map(|e| e.device_index).collect();
         let managed: Vec<&EniInfo> = enis
             .iter()
             .filter(|e| e.device_index.is_some())
@@ -637,6 +641,7 @@ impl<E: Ec2> Looper<E> {
             }
             self.wait_attached(&info.id).await;
             self.attachments.insert(info.id.clone(), attachment);
+            self.used_indexes.insert(device_index);
             self.eni_subnets.insert(info.id.clone(), subnet);
             let mut changes = vec![Change::AddEni {
                 id: info.id.clone(),
@@ -679,10 +684,10 @@ impl<E: Ec2> Looper<E> {
     }
 
     async fn free_device_index(&self) -> u32 {
-        let used: HashSet<u32> = match self.pool.view().await {
-            Ok(v) => v.enis.iter().map(|e| e.device_index).collect(),
-            Err(_) => HashSet::new(),
-        };
+        let mut used = self.used_indexes.clone();
+        if let Ok(v) = self.pool.view().await {
+            used.extend(v.enis.iter().map(|e| e.device_index));
+        }
         (1..)
             .find(|i| !used.contains(i))
             .expect("a free index exists")
