@@ -478,6 +478,36 @@ fn result(conf: &NetConf, s: &Settings, addr: Ipv4Addr, v: (u32, u32, u32)) -> V
     })
 }
 
+/// Checks a node's conflist as a runtime would hand it to this plugin: every plugin entry whose
+/// `ipam.type` is `prefixd-cni` gets the list's `cniVersion` and `name` and must parse, with
+/// valid settings. Returns how many entries use the plugin.
+pub fn check_conflist(bytes: &[u8]) -> Result<usize, CniError> {
+    let list: Value = serde_json::from_slice(bytes)
+        .map_err(|e| fail(code::DECODE, "cannot decode the conflist", e.to_string()))?;
+    let version = list["cniVersion"].as_str().unwrap_or_default();
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(fail(
+            code::INCOMPATIBLE_VERSION,
+            format!("cniVersion {version:?} is not supported"),
+            "",
+        ));
+    }
+    let mut n = 0;
+    for p in list["plugins"].as_array().into_iter().flatten() {
+        if p["ipam"]["type"] != "prefixd-cni" {
+            continue;
+        }
+        let mut conf = p.clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        let parsed: NetConf = serde_json::from_value(conf)
+            .map_err(|e| fail(code::INVALID_CONFIG, "invalid plugin entry", e.to_string()))?;
+        settings(&parsed)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Entry point of the `prefixd-cni` binary.
 pub fn main() -> std::process::ExitCode {
     use std::io::{Read, Write};
