@@ -1,0 +1,206 @@
+//! ADD+DEL latency of prefixd-cni beside Debian's host-local, in the same run, interleaved:
+//! through ptp in a network namespace, and the IPAM plugins alone (run as ptp runs them: same
+//! env, same stdin). The agent runs as its own process with a warm pool against the mock EC2.
+//!
+//! Run as root: `cargo build --release && cargo run --release --example cni_latency [RUNS]`
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prefixd::mock::MockServer;
+use prefixd::mock::scenario::Scenario;
+use serde_json::{Value, json};
+
+fn ready(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = write!(
+        s,
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+fn exec(
+    plugin: &str,
+    cmd: &str,
+    conf: &Value,
+    container: &str,
+    netns: &str,
+    path: &str,
+) -> Duration {
+    let t = Instant::now();
+    let mut child = Command::new(plugin)
+        .env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", netns)
+        .env("CNI_PATH", path)
+        .env(
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{plugin} {cmd}: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(300);
+    let mock = MockServer::start(
+        Scenario::default_scenario().build("default").unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let node = mock.id("node").unwrap().to_owned();
+    let exe = std::env::current_exe().unwrap();
+    let release = exe.parent().unwrap().parent().unwrap().to_owned();
+    let (agent_bin, plugin) = (release.join("prefixd"), release.join("prefixd-cni"));
+    assert!(
+        agent_bin.exists() && plugin.exists(),
+        "cargo build --release first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let intro: SocketAddr = format!(
+        "127.0.0.1:{}",
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    )
+    .parse()
+    .unwrap();
+    // A warm pool that never runs dry in the loop: no cooldown (this measures the plugin path,
+    // not the pool), two prefixes kept free.
+    let mut agent = Command::new(&agent_bin)
+        .arg("agent")
+        .env("INSTANCE_ID", &node)
+        .env("AWS_ENDPOINT_URL", mock.endpoint())
+        .env("AWS_REGION", "us-west-2")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("CHECKPOINT_PATH", dir.path().join("checkpoint.json"))
+        .env("SOCKET_PATH", &socket)
+        .env("INTROSPECTION_BIND_ADDRESS", intro.to_string())
+        .env("METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("IP_COOLDOWN_PERIOD", "0s")
+        .env("WARM_PREFIX_TARGET", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !ready(intro) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(&plugin, bin.join("prefixd-cni")).unwrap();
+    let cni_path = format!("{}:/usr/lib/cni", bin.display());
+    let ns = format!("pfxd-bench-{}", std::process::id());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success(),
+        "ip netns add (root?)"
+    );
+    let netns = format!("/var/run/netns/{ns}");
+    let prefixd_conf = json!({"cniVersion": "1.0.0", "name": "bench-prefixd", "type": "ptp",
+        "ipam": {"type": "prefixd-cni", "socket": socket, "prefix_length": 28, "routes": []}});
+    let host_local_conf = json!({"cniVersion": "1.0.0", "name": "bench-hostlocal", "type": "ptp",
+        "ipam": {"type": "host-local", "subnet": "10.99.0.0/16", "dataDir": dir.path().join("host-local")}});
+    let ptp = "/usr/lib/cni/ptp";
+    let hl = "/usr/lib/cni/host-local";
+    let pc = plugin.to_str().unwrap().to_owned();
+    let mut t: [Vec<Duration>; 4] = Default::default();
+    let blocking = tokio::task::spawn_blocking(move || {
+        for i in 0..runs {
+            let id = format!("bench{i}");
+            let pair = |p: &str, c: &Value| {
+                exec(p, "ADD", c, &id, &netns, &cni_path)
+                    + exec(p, "DEL", c, &id, &netns, &cni_path)
+            };
+            // Interleaved, the order rotating, so both see the same machine.
+            for k in 0..4 {
+                match (i + k) % 4 {
+                    0 => t[0].push(pair(ptp, &prefixd_conf)),
+                    1 => t[1].push(pair(ptp, &host_local_conf)),
+                    2 => t[2].push(pair(&pc, &prefixd_conf)),
+                    _ => t[3].push(pair(hl, &host_local_conf)),
+                }
+            }
+        }
+        t
+    });
+    let mut t = blocking.await.unwrap();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status();
+    let _ = agent.wait();
+    let names = [
+        "ptp + prefixd-cni",
+        "ptp + host-local",
+        "prefixd-cni alone",
+        "host-local alone",
+    ];
+    println!("ADD+DEL latency, {runs} runs each, interleaved (ms)");
+    let mut p50 = [0.0; 4];
+    for (i, n) in names.iter().enumerate() {
+        p50[i] = pct(&mut t[i], 0.5);
+        println!(
+            "  {n:<20} p50 {:>6.2}  p99 {:>6.2}",
+            p50[i],
+            pct(&mut t[i], 0.99)
+        );
+    }
+    println!(
+        "  ratio ptp chain (prefixd-cni / host-local) p50: {:.2}",
+        p50[0] / p50[1]
+    );
+    println!(
+        "  ratio IPAM alone (prefixd-cni / host-local) p50: {:.2}",
+        p50[2] / p50[3]
+    );
+    let _ = Path::new("");
+}
