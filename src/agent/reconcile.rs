@@ -100,6 +100,9 @@ pub struct Looper<E> {
     eni_subnets: HashMap<EniId, SubnetId>,
     /// Device indexes in use on the instance, unmanaged ENIs included.
     used_indexes: HashSet<u32>,
+    /// ENIs' primary addresses: never pod addresses, whatever an Assign response lists
+    /// (LocalStack's lists the primary with the new secondaries).
+    primary_ips: HashSet<std::net::Ipv4Addr>,
     missing_once: HashSet<String>,
     resynced: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -150,6 +153,7 @@ impl<E: Ec2> Looper<E> {
             attachments: HashMap::new(),
             eni_subnets: HashMap::new(),
             used_indexes: HashSet::new(),
+            primary_ips: HashSet::new(),
             missing_once: HashSet::new(),
             resynced: Some(resynced),
         }
@@ -308,6 +312,7 @@ impl<E: Ec2> Looper<E> {
             }
         };
         self.used_indexes = enis.iter().filter_map(|e| e.device_index).collect();
+        self.primary_ips = enis.iter().filter_map(|e| e.primary_ip).collect();
         let managed: Vec<&EniInfo> = enis
             .iter()
             .filter(|e| e.device_index.is_some())
@@ -518,6 +523,7 @@ impl<E: Ec2> Looper<E> {
                     Ok(ips) => {
                         self.add(
                             ips.iter()
+                                .filter(|a| !self.primary_ips.contains(a))
                                 .map(|a| Change::AddSecondaryIp {
                                     eni: step.eni.clone(),
                                     addr: *a,
@@ -640,6 +646,9 @@ impl<E: Ec2> Looper<E> {
                 return Err(e);
             }
             self.wait_attached(&info.id).await;
+            if let Some(p) = info.primary_ip {
+                self.primary_ips.insert(p);
+            }
             self.attachments.insert(info.id.clone(), attachment);
             self.used_indexes.insert(device_index);
             self.eni_subnets.insert(info.id.clone(), subnet);

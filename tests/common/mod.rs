@@ -98,6 +98,43 @@ pub async fn start_agent_in(
     dir: tempfile::TempDir,
     attempts: u32,
 ) -> TestAgent {
+    start_agent_full(&mock.endpoint(), instance, args, dir, attempts, true).await
+}
+
+/// The agent against any EC2 endpoint (LocalStack), ready.
+pub async fn start_agent_at(endpoint: &str, instance: &str, args: &[&str]) -> TestAgent {
+    start_agent_full(
+        endpoint,
+        instance,
+        args,
+        tempfile::tempdir().unwrap(),
+        3,
+        true,
+    )
+    .await
+}
+
+/// The agent against any EC2 endpoint, without waiting for readiness.
+pub async fn start_agent_at_unready(endpoint: &str, instance: &str, args: &[&str]) -> TestAgent {
+    start_agent_full(
+        endpoint,
+        instance,
+        args,
+        tempfile::tempdir().unwrap(),
+        3,
+        false,
+    )
+    .await
+}
+
+async fn start_agent_full(
+    endpoint: &str,
+    instance: &str,
+    args: &[&str],
+    dir: tempfile::TempDir,
+    attempts: u32,
+    wait: bool,
+) -> TestAgent {
     use clap::Parser;
     #[derive(Parser)]
     struct A {
@@ -130,7 +167,7 @@ pub async fn start_agent_in(
     let conf = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-west-2"))
-        .endpoint_url(mock.endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("test", "test", None, None, "test"))
         .retry_config(
             aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(attempts),
@@ -144,10 +181,12 @@ pub async fn start_agent_in(
     let agent = prefixd::agent::start(cfg, ec2, instance.parse().unwrap(), metrics)
         .await
         .unwrap();
-    agent
-        .wait_ready(std::time::Duration::from_secs(20))
-        .await
-        .unwrap();
+    if wait {
+        agent
+            .wait_ready(std::time::Duration::from_secs(20))
+            .await
+            .unwrap();
+    }
     TestAgent { agent, socket, dir }
 }
 
