@@ -321,3 +321,116 @@ async fn introspection_metrics_and_status_table() {
     );
     a.agent.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_enis_go_to_the_pod_subnet_with_room_moving_on_after_insufficient_cidr() {
+    let mock = start_mock(
+        r#"{
+      "vpcs": [{ "cidr": "10.0.0.0/16", "subnets": [
+          { "name": "nodes", "cidr": "10.0.0.0/20" },
+          { "name": "pods-a", "cidr": "10.0.16.0/20", "fragment": true },
+          { "name": "pods-b", "cidr": "10.0.32.0/24" }
+      ]}],
+      "instances": [{ "name": "node", "type": "m5.large", "subnet": "nodes" }]
+    }"#,
+    )
+    .await;
+    let node = mock.id("node").unwrap().to_owned();
+    let (a_id, b_id) = (
+        mock.id("pods-a").unwrap().to_owned(),
+        mock.id("pods-b").unwrap().to_owned(),
+    );
+    let subnets = format!("{a_id},{b_id}");
+    // 12 free prefixes: 9 on the primary, the rest on a new ENI. pods-a has the most free
+    // addresses but no free /28, so the ENI goes to pods-b.
+    let a = start_agent(
+        &mock,
+        &node,
+        &[
+            "--warm-prefix-target",
+            "12",
+            "--max-pods",
+            "250",
+            "--pod-subnet-ids",
+            &subnets,
+        ],
+    )
+    .await;
+    eventually(20, "12 free prefixes", async || {
+        free_prefixes(&a).await == 12
+    })
+    .await;
+    let subnets_of_enis: Vec<String> =
+        mock.with_model(|m| m.enis_of(&node).iter().map(|e| e.subnet.clone()).collect());
+    assert_eq!(subnets_of_enis.len(), 2);
+    assert_eq!(subnets_of_enis[1], b_id, "the new ENI is in pods-b");
+    let stats = mock.stats();
+    assert_eq!(
+        stats.errors["CreateNetworkInterface"]["InsufficientCidrBlocks"],
+        1
+    );
+    a.agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaked_enis_are_swept() {
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    let subnet = mock.id("nodes").unwrap().to_owned();
+    let tagged = |inst: &str, created: &str| {
+        let tags = prefixd::mock::model::Tags::from([
+            (
+                "node.k8s.amazonaws.com/instance_id".to_owned(),
+                inst.to_owned(),
+            ),
+            (
+                "node.k8s.amazonaws.com/createdAt".to_owned(),
+                created.to_owned(),
+            ),
+        ]);
+        let s = subnet.clone();
+        mock.with_model(move |m| {
+            m.create_eni(&s, vec![], "leak".into(), None, Default::default(), tags)
+                .unwrap()
+        })
+    };
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let own = tagged(&node, &now); // this node's own: a leak at once
+    let old = tagged("i-0aaaaaaaaaaaaaaaa", "2020-01-01T00:00:00Z"); // another node's, old: a leak
+    let fresh = tagged("i-0bbbbbbbbbbbbbbbb", &now); // another node's, fresh: not yet
+    let untagged = mock.with_model(|m| {
+        m.create_eni(
+            &subnet,
+            vec![],
+            "x".into(),
+            None,
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap()
+    });
+    let a = start_agent(&mock, &node, &[]).await;
+    eventually(10, "the sweep", async || {
+        mock.stats().calls_of("DeleteNetworkInterface") >= 2
+    })
+    .await;
+    let left: Vec<String> = mock.with_model(|m| m.enis.keys().cloned().collect());
+    assert!(
+        !left.contains(&own) && !left.contains(&old),
+        "leaks deleted"
+    );
+    assert!(
+        left.contains(&fresh) && left.contains(&untagged),
+        "the rest kept"
+    );
+    let (_, m) = http_async(
+        a.agent.metrics_addr,
+        "GET",
+        "/metrics",
+        vec![],
+        String::new(),
+    )
+    .await;
+    assert!(m.contains("prefixd_leaked_enis_deleted_total 2"), "{m}");
+    a.agent.shutdown().await.unwrap();
+}

@@ -90,3 +90,68 @@ fn no_imds_and_no_instance_id_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("INSTANCE_ID"), "{err}");
 }
+
+#[test]
+fn corrupt_checkpoint_stops_the_agent_naming_file_and_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = dir.path().join("checkpoint.json");
+    std::fs::write(&cp, b"{\"version\":1,\"enis\":[{\"id\":").unwrap();
+    let env = |discard: &'static str| {
+        vec![
+            ("CHECKPOINT_PATH", cp.to_str().unwrap().to_owned()),
+            (
+                "SOCKET_PATH",
+                dir.path().join("s.sock").to_str().unwrap().to_owned(),
+            ),
+            ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:0".into()),
+            ("METRICS_BIND_ADDRESS", "127.0.0.1:0".into()),
+            ("INSTANCE_ID", "i-0123456789abcdef0".into()),
+            ("AWS_REGION", "us-west-2".into()),
+            ("AWS_ACCESS_KEY_ID", "x".into()),
+            ("AWS_SECRET_ACCESS_KEY", "x".into()),
+            // Nothing listens there: the agent must stop on the checkpoint before EC2.
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9".into()),
+            ("DISCARD_CHECKPOINT", discard.into()),
+        ]
+    };
+    let run = |discard: &'static str| {
+        Command::new(env!("CARGO_BIN_EXE_prefixd"))
+            .arg("agent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env(discard))
+            .output()
+            .unwrap()
+    };
+    let out = run("false");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(cp.to_str().unwrap()) && err.contains("--discard-checkpoint"),
+        "{err}"
+    );
+    assert!(cp.exists(), "never a silent reset");
+    // With the flag the file is moved aside, and start-up goes on to EC2 (not there: stop it).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prefixd"))
+        .arg("agent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env("true"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cp.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!cp.exists());
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("checkpoint.json.discarded-")
+        });
+    assert!(aside, "the discarded checkpoint is kept aside");
+}

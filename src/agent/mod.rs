@@ -217,7 +217,7 @@ pub async fn start<E: Ec2>(
     instance: InstanceId,
     metrics: Arc<Metrics>,
 ) -> Result<AgentHandle, AgentError> {
-    let node = discover(&ec2, &cfg, &instance).await?;
+    // The checkpoint first: an unreadable one stops the agent before it touches EC2.
     let wake = Arc::new(Notify::new());
     let (pool, report) = pool::start(
         &cfg.checkpoint_path,
@@ -226,6 +226,7 @@ pub async fn start<E: Ec2>(
         wake.clone(),
         metrics.clone(),
     )?;
+    let node = discover(&ec2, &cfg, &instance).await?;
     if !report.dropped.is_empty() {
         tracing::warn!(
             dropped = report.dropped.len(),
