@@ -429,6 +429,53 @@ fn distribute(
     (assign, create, placed)
 }
 
+/// Turns a count of units into (prefixes, secondary addresses).
+type UnitStep = fn(u32) -> (u32, u32);
+
+/// A growth plan for `grow` units (prefixes, or secondary addresses), `why` so far.
+fn grow_plan(
+    s: &PoolSnapshot,
+    cap: &Capacity,
+    grow: u64,
+    whole_enis: bool,
+    mode: Mode,
+    mut why: Vec<String>,
+) -> Plan {
+    let (unit, step): (&str, UnitStep) = match mode {
+        Mode::Prefix => ("prefixes", |n| (n, 0)),
+        Mode::SecondaryIp => ("addresses", |n| (0, n)),
+    };
+    let (assign, create_enis, placed) = distribute(s, cap, grow, whole_enis, step);
+    let mut plan = Plan {
+        assign,
+        create_enis,
+        ..Plan::default()
+    };
+    let added = match mode {
+        Mode::Prefix => placed,
+        Mode::SecondaryIp => u64::from(plan.secondary_ips_added()),
+    };
+    why.insert(
+        0,
+        match mode {
+            Mode::Prefix => format!("grow {added} prefixes"),
+            Mode::SecondaryIp => format!("grow {added} secondary addresses"),
+        },
+    );
+    if placed < grow {
+        plan.at_capacity = true;
+        why.push(format!(
+            "at capacity: {} more {unit} wanted, but {} ENIs × {} slots are in use (max ENIs {})",
+            grow - placed,
+            s.enis.len(),
+            cap.slots,
+            cap.max_enis
+        ));
+    }
+    plan.reason = why.join("; ");
+    plan
+}
+
 fn plan_prefixes(s: &PoolSnapshot, t: &Targets) -> Plan {
     let tot = totals(s);
     let cap = capacity(s, t);
@@ -481,22 +528,7 @@ fn plan_prefixes(s: &PoolSnapshot, t: &Targets) -> Plan {
 
     let mut plan = Plan::default();
     if grow > 0 {
-        let (assign, create, placed) = distribute(s, &cap, grow, false, |n| (n, 0));
-        plan.assign = assign;
-        plan.create_enis = create;
-        why.insert(0, format!("grow {placed} prefixes"));
-        if placed < grow {
-            plan.at_capacity = true;
-            why.push(format!(
-                "at capacity: {} more prefixes wanted, but {} ENIs × {} slots are in use (max ENIs {})",
-                grow - placed,
-                s.enis.len(),
-                cap.slots,
-                cap.max_enis
-            ));
-        }
-        plan.reason = why.join("; ");
-        return plan;
+        return grow_plan(s, &cap, grow, false, Mode::Prefix, why);
     }
     if want > 0 {
         // Wanted but capped to nothing by max pods.
@@ -536,21 +568,8 @@ fn plan_prefixes(s: &PoolSnapshot, t: &Targets) -> Plan {
     } else {
         sat(partial_free, p)
     };
-    let mut sec_left = margin.min(tot.secondary_free);
-    let sec_released = sec_left;
-    for e in release_order(s) {
-        if sec_left == 0 {
-            break;
-        }
-        let n = sec_left.min(u64::from(e.secondary_ips.free));
-        if n > 0 {
-            plan.release_secondary_ips.push(ReleaseIpsStep {
-                eni: e.id.clone(),
-                count: to_u32(n),
-            });
-            sec_left -= n;
-        }
-    }
+    let sec_released = margin.min(tot.secondary_free);
+    plan.release_secondary_ips = release_free_secondary(s, sec_released);
     let sec_steps = plan.release_secondary_ips.clone();
     release_empty_enis(s, &mut plan, |e| {
         released_on.get(&e.id).copied().unwrap_or(0) == e.prefixes.len() as u64
@@ -594,6 +613,23 @@ fn plan_prefixes(s: &PoolSnapshot, t: &Targets) -> Plan {
         plan.reason = parts.join("; ");
     }
     plan
+}
+
+/// `count` free secondary addresses to unassign, taken from the newest ENI first.
+fn release_free_secondary(s: &PoolSnapshot, count: u64) -> Vec<ReleaseIpsStep> {
+    let mut left = count;
+    let mut steps = Vec::new();
+    for e in release_order(s) {
+        let n = left.min(u64::from(e.secondary_ips.free));
+        if n > 0 {
+            steps.push(ReleaseIpsStep {
+                eni: e.id.clone(),
+                count: to_u32(n),
+            });
+            left -= n;
+        }
+    }
+    steps
 }
 
 fn plan_ips(steps: &[ReleaseIpsStep], eni: &EniId) -> u64 {
@@ -662,23 +698,7 @@ fn plan_secondary(s: &PoolSnapshot, t: &Targets) -> Plan {
 
     let mut plan = Plan::default();
     if grow > 0 {
-        let (assign, create, placed) = distribute(s, &cap, grow, eni_mode, |n| (0, n));
-        plan.assign = assign;
-        plan.create_enis = create;
-        let added = u64::from(plan.secondary_ips_added());
-        why.insert(0, format!("grow {added} secondary addresses"));
-        if placed < grow {
-            plan.at_capacity = true;
-            why.push(format!(
-                "at capacity: {} more addresses wanted, but {} ENIs × {} slots are in use (max ENIs {})",
-                grow - placed,
-                s.enis.len(),
-                cap.slots,
-                cap.max_enis
-            ));
-        }
-        plan.reason = why.join("; ");
-        return plan;
+        return grow_plan(s, &cap, grow, eni_mode, Mode::SecondaryIp, why);
     }
     if short > 0 {
         plan.reason = why.join("; ");
@@ -717,21 +737,8 @@ fn plan_secondary(s: &PoolSnapshot, t: &Targets) -> Plan {
     }
 
     let over = sat(tot.free, p + w).min(sat(tot.t, m));
-    let mut left = over.min(tot.secondary_free);
-    let released = left;
-    for e in release_order(s) {
-        if left == 0 {
-            break;
-        }
-        let n = left.min(u64::from(e.secondary_ips.free));
-        if n > 0 {
-            plan.release_secondary_ips.push(ReleaseIpsStep {
-                eni: e.id.clone(),
-                count: to_u32(n),
-            });
-            left -= n;
-        }
-    }
+    let released = over.min(tot.secondary_free);
+    plan.release_secondary_ips = release_free_secondary(s, released);
     let steps = plan.release_secondary_ips.clone();
     release_empty_enis(s, &mut plan, |e| {
         e.prefixes.is_empty()
