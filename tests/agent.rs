@@ -434,3 +434,45 @@ async fn leaked_enis_are_swept() {
     assert!(m.contains("prefixd_leaked_enis_deleted_total 2"), "{m}");
     a.agent.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_is_0600_and_refuses_non_root_peers() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    let a = start_agent(&mock, &node, &[]).await;
+    let mode = std::fs::metadata(&a.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Open the file to everyone, so that only SO_PEERCRED stands between nobody and the pool.
+    std::fs::set_permissions(&a.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(a.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "net", "type": "ptp",
+        "ipam": {"type": "prefixd-cni", "socket": a.socket}});
+    let plugin = env!("CARGO_BIN_EXE_prefixd-cni");
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut c = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", plugin])
+            .env("CNI_COMMAND", "STATUS")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("setpriv (util-linux) runs the plugin as nobody");
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        c.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["code"], 50, "{e}");
+    assert!(
+        e["details"].as_str().unwrap_or("").contains("only root"),
+        "{e}"
+    );
+    a.agent.shutdown().await.unwrap();
+}

@@ -155,3 +155,37 @@ fn corrupt_checkpoint_stops_the_agent_naming_file_and_flag() {
         });
     assert!(aside, "the discarded checkpoint is kept aside");
 }
+
+#[test]
+fn log_format_json_gives_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prefixd"))
+        .arg("agent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("LOG_FORMAT", "json")
+        .env("CHECKPOINT_PATH", dir.path().join("cp.json"))
+        .env("SOCKET_PATH", dir.path().join("s.sock"))
+        .env("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:0")
+        .env("METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("INSTANCE_ID", "i-0123456789abcdef0")
+        .env("AWS_REGION", "us-west-2")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(
+        v["level"].is_string() && v["fields"]["message"].is_string(),
+        "{v}"
+    );
+}
