@@ -87,6 +87,9 @@ async fn handle(
             request(&mut stream, &pool, &status, &metrics).await
         }
         Ok(c) => {
+            // Take the (size- and time-bounded) request off the socket first, so that the
+            // refusal reaches the peer instead of a broken pipe.
+            let _ = read_request(&mut stream).await;
             tracing::warn!(peer.uid = c.uid(), "refused a socket peer that is not root");
             Reply::error(
                 ErrorKind::BadRequest,

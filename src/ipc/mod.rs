@@ -159,13 +159,17 @@ pub fn call(socket: &Path, op: Op, timeout: Duration) -> Result<Reply, ClientErr
     };
     let mut bytes = serde_json::to_vec(&req).expect("request serializes");
     bytes.push(b'\n');
-    s.write_all(&bytes).map_err(ClientError::Io)?;
-    s.shutdown(std::net::Shutdown::Write)
-        .map_err(ClientError::Io)?;
+    // The agent may answer (a refusal, say) before it has read everything: keep the write
+    // error, but read the answer first and prefer it.
+    let sent = s
+        .write_all(&bytes)
+        .and_then(|()| s.shutdown(std::net::Shutdown::Write));
     let mut buf = Vec::new();
-    s.take(MAX_MESSAGE as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(ClientError::Io)?;
+    let read = s.take(MAX_MESSAGE as u64 + 1).read_to_end(&mut buf);
+    if buf.is_empty() {
+        sent.map_err(ClientError::Io)?;
+        read.map_err(ClientError::Io)?;
+    }
     if buf.len() > MAX_MESSAGE {
         return Err(ClientError::BadReply("reply larger than 64 KiB".into()));
     }
