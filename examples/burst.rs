@@ -5,11 +5,9 @@
 //!
 //! Run: `cargo build --release && cargo run --release --example burst`
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
 
 use prefixd::core::PodKey;
 use prefixd::ipc::{self, Op};
@@ -23,19 +21,6 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
         .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
-}
-
-fn ready(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = write!(
-        s,
-        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
 }
 
 fn ms(d: Duration) -> u64 {
@@ -54,46 +39,11 @@ async fn main() {
     .await
     .unwrap();
     let node = mock.id("node").unwrap().to_owned();
-    let exe = std::env::current_exe().unwrap();
-    let bin: PathBuf = exe.parent().unwrap().parent().unwrap().join("prefixd");
-    assert!(
-        bin.exists(),
-        "build the agent first: cargo build --release ({} missing)",
-        bin.display()
-    );
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let intro: SocketAddr = format!(
-        "127.0.0.1:{}",
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    )
-    .parse()
-    .unwrap();
-    let mut agent = Command::new(&bin)
-        .arg("agent")
-        .env("INSTANCE_ID", &node)
-        .env("AWS_ENDPOINT_URL", mock.endpoint())
-        .env("AWS_REGION", "us-west-2")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("CHECKPOINT_PATH", dir.path().join("checkpoint.json"))
-        .env("SOCKET_PATH", &socket)
-        .env("INTROSPECTION_BIND_ADDRESS", intro.to_string())
-        .env("METRICS_BIND_ADDRESS", "127.0.0.1:0")
-        .env("MAX_PODS", "250")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let agent =
+        support::start_agent(&mock.endpoint(), &node, dir.path(), &[("MAX_PODS", "250")]).await;
     let pid = agent.id();
-    while !ready(intro) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     // Cold: wait for the start-up Assign (WARM_PREFIX_TARGET=1) to land, then settle.
     while mock.stats().calls_of("AssignPrivateIpAddresses") < 1 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -179,8 +129,5 @@ async fn main() {
         idle as f64 / 1024.0,
         peak as f64 / 1024.0
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = agent.wait();
+    support::stop(agent);
 }

@@ -4,28 +4,15 @@
 //!
 //! Run as root: `cargo build --release && cargo run --release --example cni_latency [RUNS]`
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
 
 use prefixd::mock::MockServer;
 use prefixd::mock::scenario::Scenario;
 use serde_json::{Value, json};
-
-fn ready(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = write!(
-        s,
-        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
-}
 
 fn exec(
     plugin: &str,
@@ -87,48 +74,18 @@ async fn main() {
     .await
     .unwrap();
     let node = mock.id("node").unwrap().to_owned();
-    let exe = std::env::current_exe().unwrap();
-    let release = exe.parent().unwrap().parent().unwrap().to_owned();
-    let (agent_bin, plugin) = (release.join("prefixd"), release.join("prefixd-cni"));
-    assert!(
-        agent_bin.exists() && plugin.exists(),
-        "cargo build --release first"
-    );
+    let plugin = support::release_bin("prefixd-cni");
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let intro: SocketAddr = format!(
-        "127.0.0.1:{}",
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    )
-    .parse()
-    .unwrap();
     // A warm pool that never runs dry in the loop: no cooldown (this measures the plugin path,
     // not the pool), two prefixes kept free.
-    let mut agent = Command::new(&agent_bin)
-        .arg("agent")
-        .env("INSTANCE_ID", &node)
-        .env("AWS_ENDPOINT_URL", mock.endpoint())
-        .env("AWS_REGION", "us-west-2")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("CHECKPOINT_PATH", dir.path().join("checkpoint.json"))
-        .env("SOCKET_PATH", &socket)
-        .env("INTROSPECTION_BIND_ADDRESS", intro.to_string())
-        .env("METRICS_BIND_ADDRESS", "127.0.0.1:0")
-        .env("IP_COOLDOWN_PERIOD", "0s")
-        .env("WARM_PREFIX_TARGET", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    while !ready(intro) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let agent = support::start_agent(
+        &mock.endpoint(),
+        &node,
+        dir.path(),
+        &[("IP_COOLDOWN_PERIOD", "0s"), ("WARM_PREFIX_TARGET", "2")],
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let bin = dir.path().join("bin");
@@ -174,10 +131,7 @@ async fn main() {
     });
     let mut t = blocking.await.unwrap();
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    let _ = Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
-        .status();
-    let _ = agent.wait();
+    support::stop(agent);
     let names = [
         "ptp + prefixd-cni",
         "ptp + host-local",
@@ -202,5 +156,4 @@ async fn main() {
         "  ratio IPAM alone (prefixd-cni / host-local) p50: {:.2}",
         p50[2] / p50[3]
     );
-    let _ = Path::new("");
 }

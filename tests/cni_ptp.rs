@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::{start_agent, start_mock};
@@ -156,31 +156,17 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
         "ipam": { "type": "prefixd-cni", "socket": a.socket, "timeout": "20s",
                   "prefix_length": 28, "routes": [] }
     });
+    // The plugin calls block this worker; the agent runs on the other one and its pool thread.
     let (ns1, ns2) = (Netns::new("a"), Netns::new("b"));
-    let (conf2, path2) = (conf.clone(), path.clone());
-    let (r1, r2, addrs1, addrs2) = tokio::task::spawn_blocking(move || {
-        let r1 = ok_json(
-            &exec(PTP, "ADD", &conf2, "pod-a", Some(&ns1), &path2),
-            "ptp ADD pod-a",
-        );
-        let r2 = ok_json(
-            &exec(PTP, "ADD", &conf2, "pod-b", Some(&ns2), &path2),
-            "ptp ADD pod-b",
-        );
-        let (a1, a2) = (ns1.addrs(), ns2.addrs());
-        let r = Command::new("ip")
-            .args(["-n", &ns1.0, "route"])
-            .output()
-            .unwrap();
-        eprintln!("routes in pod-a: {}", String::from_utf8_lossy(&r.stdout));
-        (r1, r2, a1, a2, ns1, ns2)
-    })
-    .await
-    .map(|(r1, r2, a1, a2, n1, n2)| {
-        std::mem::forget((n1, n2)); // deleted below, explicitly
-        (r1, r2, a1, a2)
-    })
-    .unwrap();
+    let r1 = ok_json(
+        &exec(PTP, "ADD", &conf, "pod-a", Some(&ns1), &path),
+        "ptp ADD pod-a",
+    );
+    let r2 = ok_json(
+        &exec(PTP, "ADD", &conf, "pod-b", Some(&ns2), &path),
+        "ptp ADD pod-b",
+    );
+    let (addrs1, addrs2) = (ns1.addrs(), ns2.addrs());
     let (ip1, ip2) = (address_of(&r1), address_of(&r2));
     assert_ne!(ip1, ip2, "two pods, two addresses");
     assert!(
@@ -223,8 +209,6 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     );
 
     // CHECK through ptp, with the ADD result as prevResult.
-    let ns1 = Netns(format!("pfxd-{}-a", std::process::id()));
-    let ns2 = Netns(format!("pfxd-{}-b", std::process::id()));
     let mut check = conf.clone();
     check["prevResult"] = r1.clone();
     let o = exec(PTP, "CHECK", &check, "pod-a", Some(&ns1), &path);
@@ -345,5 +329,4 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     let e: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(e["code"], 11, "{e}");
     drop((ns1, ns2, ns3));
-    let _ = PathBuf::new();
 }

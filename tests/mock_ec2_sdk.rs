@@ -714,8 +714,7 @@ async fn throttling_faults_pagination_and_terminate() {
             .unwrap_err();
         assert_eq!(code_status(&e), ("InternalError".into(), 500));
     }
-    let att = ec2
-        .attach_network_interface()
+    ec2.attach_network_interface()
         .network_interface_id(&eni)
         .instance_id(&node)
         .device_index(1)
@@ -779,7 +778,6 @@ async fn throttling_faults_pagination_and_terminate() {
             .iter()
             .all(|n| n.status().unwrap().as_str() == "available")
     );
-    let _ = att;
 
     // Throttling on: Assign's bucket holds 100; the 101st call in a burst gets 503.
     // Time scale 0.001: the bucket refills 5 tokens per 1,000 s, so none come back during the

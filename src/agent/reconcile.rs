@@ -250,7 +250,7 @@ impl<E: Ec2> Looper<E> {
             self.release_since = None;
             self.metrics.decision("grow");
             tracing::info!(reason = %plan.reason, pending = snap.pending, "growing the pool");
-            match self.grow(&plan, mode).await {
+            match self.grow(&plan).await {
                 Ok(()) => self.backoff.succeed(),
                 Err(e) => self.fail(&e),
             }
@@ -478,7 +478,7 @@ impl<E: Ec2> Looper<E> {
         self.publish_modes(Instant::now());
     }
 
-    async fn grow(&mut self, plan: &Plan, mode: Mode) -> Result<(), Ec2Error> {
+    async fn grow(&mut self, plan: &Plan) -> Result<(), Ec2Error> {
         for step in &plan.assign {
             if step.prefixes > 0 {
                 match self.ec2.assign_prefixes(&step.eni, step.prefixes).await {
@@ -547,8 +547,7 @@ impl<E: Ec2> Looper<E> {
             }
         }
         for step in &plan.create_enis {
-            self.create_eni(step.prefixes, step.secondary_ips, mode)
-                .await?;
+            self.create_eni(step.prefixes, step.secondary_ips).await?;
         }
         Ok(())
     }
@@ -582,12 +581,7 @@ impl<E: Ec2> Looper<E> {
         Ok(info.into_iter().map(|s| s.id).collect())
     }
 
-    async fn create_eni(
-        &mut self,
-        prefixes: u32,
-        secondary_ips: u32,
-        mode: Mode,
-    ) -> Result<(), Ec2Error> {
+    async fn create_eni(&mut self, prefixes: u32, secondary_ips: u32) -> Result<(), Ec2Error> {
         let subnets = self.candidate_subnets().await?;
         if subnets.is_empty() {
             tracing::warn!(
@@ -666,7 +660,6 @@ impl<E: Ec2> Looper<E> {
                 addr: *a,
             }));
             self.add(changes).await;
-            let _ = mode;
             return Ok(());
         }
         Ok(())
