@@ -474,3 +474,34 @@ async fn socket_is_0600_and_refuses_non_root_peers() {
     );
     a.agent.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_exceeded_makes_the_agent_resync_before_acting_again() {
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    mock.with_control(|c| {
+        c.add_fault(FaultSpec {
+            action: "AssignPrivateIpAddresses".into(),
+            fail_next: 1,
+            code: "PrivateIpAddressLimitExceeded".into(),
+            message: None,
+        })
+    });
+    let a = start_agent(&mock, &node, &["--reconcile-interval", "1h"]).await;
+    let describes_at_start = mock.stats().calls_of("DescribeNetworkInterfaces");
+    eventually(15, "one wholly free prefix", async || {
+        free_prefixes(&a).await == 1
+    })
+    .await;
+    let stats = mock.stats();
+    assert_eq!(
+        stats.errors["AssignPrivateIpAddresses"]["PrivateIpAddressLimitExceeded"],
+        1
+    );
+    // With an hour between scheduled resyncs, the extra Describe is the forced resync.
+    assert!(
+        stats.calls_of("DescribeNetworkInterfaces") > describes_at_start,
+        "no resync after PrivateIpAddressLimitExceeded: {stats:?}"
+    );
+    a.agent.shutdown().await.unwrap();
+}

@@ -329,3 +329,41 @@ fn sigkill_during_an_add_del_storm_loses_nothing() {
         "the socket file is removed on a clean exit"
     );
 }
+
+/// Discovery through IMDSv2 as on a real node: no INSTANCE_ID and no AWS_REGION, IMDS pointed
+/// at the mock's loopback listener; aws-config's IMDS client finds the instance and region.
+#[test]
+fn discovers_the_node_through_imds() {
+    let (_mock, endpoint, node) = start_mock();
+    let dir = tempfile::tempdir().unwrap();
+    let intro: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_prefixd"))
+        .arg("agent")
+        .env_clear()
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("CHECKPOINT_PATH", dir.path().join("checkpoint.json"))
+        .env("SOCKET_PATH", dir.path().join("agent.sock"))
+        .env("INTROSPECTION_BIND_ADDRESS", intro.to_string())
+        .env("METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(get(intro, "/readyz"), Some((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not get ready through IMDS"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, cfg) = get(intro, "/v1/config").unwrap();
+    let v: Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(v["node"]["instance"], node.as_str());
+    assert_eq!(v["node"]["instance_type"], "m5.large");
+}

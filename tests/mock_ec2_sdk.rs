@@ -201,6 +201,34 @@ async fn prefix_delegation_path_through_the_sdk() {
             "filter {name}={value}"
         );
     }
+    // CreateTags, then the tag filters see it.
+    ec2.create_tags()
+        .resources(&eni_id)
+        .tags(Tag::builder().key("team").value("net").build())
+        .send()
+        .await
+        .unwrap();
+    let d = ec2
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("tag:team").values("net").build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.network_interfaces().len(), 1);
+    assert!(
+        d.network_interfaces()[0]
+            .tag_set()
+            .iter()
+            .any(|t| t.key() == Some("team") && t.value() == Some("net"))
+    );
+    let e = ec2
+        .create_tags()
+        .resources("eni-0000000000000dead")
+        .tags(Tag::builder().key("a").value("b").build())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidNetworkInterfaceID.NotFound");
     let vpc = mine.vpc_id().unwrap().to_owned();
     let d = ec2
         .describe_network_interfaces()

@@ -868,19 +868,16 @@ impl Model {
 
     /// CreateTags.
     pub fn create_tags(&mut self, resources: &[String], tags: &Tags) -> Result<(), Ec2Error> {
+        // Unknown ids of a known kind get that kind's NotFound code, as in EC2; anything else
+        // is InvalidID.
         for r in resources {
-            let exists = if r.starts_with("eni-") {
-                self.eni(r).is_ok()
+            if r.starts_with("eni-") {
+                self.eni(r)?;
             } else if r.starts_with("i-") {
-                self.instances.contains_key(r)
+                self.instance(r)?;
             } else if r.starts_with("subnet-") {
-                self.subnets.contains_key(r)
-            } else if r.starts_with("vpc-") {
-                self.vpcs.contains_key(r)
-            } else {
-                false
-            };
-            if !exists {
+                self.subnet(r)?;
+            } else if !(r.starts_with("vpc-") && self.vpcs.contains_key(r)) {
                 return Err(Ec2Error::client(
                     "InvalidID",
                     format!("The ID '{r}' is not valid"),
