@@ -133,6 +133,9 @@ async fn demo(args: DemoArgs, duration: Duration) -> Result<(), CliError> {
         .region(Region::new("us-west-2"))
         .endpoint_url(mock.endpoint())
         .credentials_provider(Credentials::new("demo", "demo", None, None, "demo"))
+        .retry_config(crate::ec2::sdk::retry_config(
+            crate::ec2::RetryPolicy::AGENT,
+        ))
         .build();
     let ec2 = SdkEc2::new(
         aws_sdk_ec2::Client::from_conf(conf),

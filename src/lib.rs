@@ -13,3 +13,4 @@ pub mod ec2;
 pub mod ipc;
 pub mod metrics;
 pub mod mock;
+pub mod sim;

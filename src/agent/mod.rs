@@ -60,14 +60,18 @@ pub enum AgentError {
 }
 
 /// Retries `f` on throttled and transient errors, with jittered exponential backoff, up to
-/// eight attempts (about a minute): start-up must not fail on one throttled call.
-async fn retrying<T, F, Fut>(what: &str, mut f: F) -> Result<T, Ec2Error>
+/// eight attempts (about a minute): start-up must not fail on one throttled call. The jitter
+/// comes from `seed` (the instance id), so that a fleet spreads out and a simulated run repeats.
+async fn retrying<T, F, Fut>(what: &str, seed: &str, mut f: F) -> Result<T, Ec2Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Ec2Error>>,
 {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0u32;
+    let mut rng = seed.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+    }) | 1;
     loop {
         match f().await {
             Ok(v) => return Ok(v),
@@ -76,10 +80,11 @@ where
                     && matches!(e.class, ErrorClass::Throttled | ErrorClass::Transient) =>
             {
                 attempt += 1;
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos());
-                let jittered = delay.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0);
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let frac = (rng >> 11) as f64 / (1u64 << 53) as f64;
+                let jittered = delay.mul_f64(0.5 + frac / 2.0);
                 tracing::warn!(what, attempt, error = %e, retry_ms = jittered.as_millis() as u64, "start-up EC2 call failed; retrying");
                 tokio::time::sleep(jittered).await;
                 delay = (delay * 2).min(Duration::from_secs(20));
@@ -96,8 +101,11 @@ pub async fn discover<E: Ec2>(
     cfg: &AgentConfig,
     instance: &InstanceId,
 ) -> Result<Node, AgentError> {
-    let info = retrying("DescribeInstances", || ec2.describe_instance(instance)).await?;
-    let limits: TypeLimits = match retrying("DescribeInstanceTypes", || {
+    let info = retrying("DescribeInstances", instance.as_str(), || {
+        ec2.describe_instance(instance)
+    })
+    .await?;
+    let limits: TypeLimits = match retrying("DescribeInstanceTypes", instance.as_str(), || {
         ec2.describe_instance_type(&info.instance_type)
     })
     .await

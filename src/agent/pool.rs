@@ -8,16 +8,17 @@
 use std::collections::{HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
-use crate::core::checkpoint::{CheckpointError, FileCheckpoint, LoadReport};
-use crate::core::datastore::BlockId;
+use crate::core::checkpoint::{CheckpointError, CheckpointSink, LoadReport, MemoryCheckpoint};
+use crate::core::datastore::{BlockId, Datastore};
 use crate::core::planner::{Limits, PoolSnapshot};
 use crate::core::{
     Change, DatastoreError, EniId, Outcome, PodInfo, PodKey, Store, StoreError, UnixMillis,
@@ -145,10 +146,46 @@ enum Cmd {
     },
 }
 
+/// The datastore's clock: wall time for the agent, or virtual time (tokio's clock, paused in
+/// the simulator) counted from a fixed epoch, so that cooldowns follow the simulated clock.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// The system clock.
+    Wall,
+    /// `epoch` plus the tokio time elapsed since `origin`.
+    Virtual {
+        /// Tokio time at `epoch`.
+        origin: Instant,
+        /// Unix time at `origin`.
+        epoch: UnixMillis,
+    },
+}
+
+impl Clock {
+    /// Now, in ms since the Unix epoch.
+    pub fn now(&self) -> UnixMillis {
+        match self {
+            Self::Wall => UnixMillis::now(),
+            Self::Virtual { origin, epoch } => {
+                UnixMillis(epoch.0 + Instant::now().duration_since(*origin).as_millis() as u64)
+            }
+        }
+    }
+}
+
+/// How a handle reaches the owner.
+#[derive(Clone)]
+enum Link {
+    /// The owner thread's channel (the agent).
+    Thread(mpsc::Sender<Cmd>),
+    /// The owner itself, run on the caller's task (the simulator: no thread, virtual time).
+    Inline(Arc<Mutex<Owner>>),
+}
+
 /// A cheap, cloneable way to talk to the owner.
 #[derive(Clone)]
 pub struct PoolHandle {
-    tx: mpsc::Sender<Cmd>,
+    link: Link,
     pending: Arc<AtomicU32>,
 }
 
@@ -173,27 +210,63 @@ pub fn start(
     metrics.dropped(report.dropped.len() as u64);
     let (tx, rx) = mpsc::channel();
     let pending = Arc::new(AtomicU32::new(0));
-    let p = pending.clone();
+    let owner = Owner {
+        store: store.boxed(),
+        waiters: VecDeque::new(),
+        pending: pending.clone(),
+        wake,
+        metrics,
+        clock: Clock::Wall,
+    };
     std::thread::Builder::new()
         .name("prefixd-pool".into())
-        .spawn(move || {
-            Owner {
-                store,
-                waiters: VecDeque::new(),
-                pending: p,
-                wake,
-                metrics,
-            }
-            .run(rx)
-        })
+        .spawn(move || owner.run(rx))
         .expect("spawn the pool thread");
-    Ok((PoolHandle { tx, pending }, report))
+    Ok((
+        PoolHandle {
+            link: Link::Thread(tx),
+            pending,
+        },
+        report,
+    ))
+}
+
+/// A pool with no thread and no file: each request is handled on the caller's task, with an
+/// in-memory checkpoint and `clock`. The simulator runs thousands of these on virtual time.
+pub fn start_inline(
+    cooldown: Duration,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+) -> PoolHandle {
+    let pending = Arc::new(AtomicU32::new(0));
+    let owner = Owner {
+        store: Store::new(
+            Datastore::new(cooldown),
+            Box::new(MemoryCheckpoint::default()),
+        ),
+        waiters: VecDeque::new(),
+        pending: pending.clone(),
+        wake,
+        metrics,
+        clock,
+    };
+    PoolHandle {
+        link: Link::Inline(Arc::new(Mutex::new(owner))),
+        pending,
+    }
 }
 
 impl PoolHandle {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, PoolError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| PoolError::Stopped)?;
+        match &self.link {
+            Link::Thread(t) => t.send(make(tx)).map_err(|_| PoolError::Stopped)?,
+            Link::Inline(o) => {
+                let mut o = o.lock().map_err(|_| PoolError::Stopped)?;
+                o.handle(vec![make(tx)]);
+            }
+        }
         rx.await.map_err(|_| PoolError::Stopped)
     }
 
@@ -278,11 +351,12 @@ impl PoolHandle {
 }
 
 struct Owner {
-    store: Store<FileCheckpoint>,
+    store: Store<Box<dyn CheckpointSink + Send>>,
     waiters: VecDeque<Waiter>,
     pending: Arc<AtomicU32>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 type ApplyReply = oneshot::Sender<Vec<Result<Outcome, StoreError>>>;
@@ -325,7 +399,7 @@ impl Owner {
     }
 
     fn handle(&mut self, cmds: Vec<Cmd>) {
-        let now = UnixMillis::now();
+        let now = self.clock.now();
         let mut changes = Vec::new();
         let mut routes = Vec::new();
         let mut applies: Vec<(ApplyReply, Vec<Result<Outcome, StoreError>>)> = Vec::new();
@@ -476,7 +550,7 @@ impl Owner {
                 pod: w.pod.clone(),
             })
             .collect();
-        let results = self.apply(changes, UnixMillis::now());
+        let results = self.apply(changes, self.clock.now());
         for (w, r) in live.into_iter().zip(results) {
             match r {
                 Ok(Outcome::Allocated(a)) => {
@@ -499,7 +573,7 @@ impl Owner {
                 let _ = reply.send(self.store.datastore().get(&key).map(|a| a.address));
             }
             Cmd::Snapshot { limits, reply } => {
-                self.store.expire(UnixMillis::now());
+                self.store.expire(self.clock.now());
                 let _ = reply.send(PoolSnapshot::of(
                     self.store.datastore(),
                     limits,
@@ -507,11 +581,11 @@ impl Owner {
                 ));
             }
             Cmd::View { reply } => {
-                self.store.expire(UnixMillis::now());
+                self.store.expire(self.clock.now());
                 let _ = reply.send(self.view());
             }
             Cmd::TakeFreeSecondary { eni, count, reply } => {
-                self.store.expire(UnixMillis::now());
+                self.store.expire(self.clock.now());
                 let free: Vec<Ipv4Addr> = self
                     .store
                     .datastore()
@@ -539,7 +613,7 @@ impl Owner {
                         force: false,
                     })
                     .collect();
-                let results = self.apply(changes, UnixMillis::now());
+                let results = self.apply(changes, self.clock.now());
                 let taken = free
                     .into_iter()
                     .zip(results)

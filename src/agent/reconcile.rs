@@ -52,18 +52,32 @@ struct Backoff {
     attempt: u32,
     until: Option<Instant>,
     rng: u64,
+    /// The action whose failure set the backoff: only its success (or a later step's) resets
+    /// it, so that a resync's Describe does not reset a throttled Assign's backoff.
+    cause: Option<&'static str>,
 }
 
 impl Backoff {
     const BASE: Duration = Duration::from_millis(500);
     const CAP: Duration = Duration::from_secs(60);
+    const THROTTLED_CAP: Duration = Duration::from_secs(20);
 
-    fn fail(&mut self, now: Instant) -> Duration {
+    /// The next wait: doubling from [`Self::BASE`], equal jitter (half fixed, half random, so
+    /// that a fleet does not retry in lockstep), capped at [`Self::CAP`] — or at
+    /// [`Self::THROTTLED_CAP`] when EC2 throttled the call. A fleet throttled together drains
+    /// the account's bucket at its refill rate; a shorter cap keeps retries arriving at least
+    /// that fast to the end, so the last node is not left waiting long after the bucket could
+    /// have served it (`prefixd simulate --profile fleet` measures both effects).
+    fn fail(&mut self, now: Instant, throttled: bool) -> Duration {
+        let cap = if throttled {
+            Self::THROTTLED_CAP
+        } else {
+            Self::CAP
+        };
         let exp = Self::BASE
             .saturating_mul(1u32 << self.attempt.min(10))
-            .min(Self::CAP);
+            .min(cap);
         self.attempt += 1;
-        // Equal jitter: half fixed, half random, so that a fleet does not retry in lockstep.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
@@ -76,6 +90,7 @@ impl Backoff {
     fn succeed(&mut self) {
         self.attempt = 0;
         self.until = None;
+        self.cause = None;
     }
 }
 
@@ -144,6 +159,7 @@ impl<E: Ec2> Looper<E> {
                 attempt: 0,
                 until: None,
                 rng: seed,
+                cause: None,
             },
             release_since: None,
             subnet_cooldown: HashMap::new(),
@@ -168,10 +184,13 @@ impl<E: Ec2> Looper<E> {
                 Some(u) if u > now => u - now,
                 _ => self.cfg.pool_tick,
             };
+            // Biased: the same choice every time when several are ready, so that a run on
+            // virtual time (the simulator) is deterministic.
             tokio::select! {
+                biased;
+                _ = stop.changed() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return,
             }
         }
     }
@@ -216,7 +235,10 @@ impl<E: Ec2> Looper<E> {
                 self.fail(&e);
                 return;
             }
-            self.backoff.succeed();
+            // A resync's success says nothing of the mutating call that was throttled.
+            if self.backoff.cause.is_none_or(|a| a.starts_with("Describe")) {
+                self.backoff.succeed();
+            }
         }
         if self.cfg.disable_provisioning {
             return;
@@ -291,7 +313,8 @@ impl<E: Ec2> Looper<E> {
             }
             _ => {}
         }
-        let d = self.backoff.fail(now);
+        let d = self.backoff.fail(now, e.class == ErrorClass::Throttled);
+        self.backoff.cause = Some(e.action);
         tracing::warn!(
             action = e.action,
             class = e.class.as_str(),
@@ -871,5 +894,37 @@ impl<E: Ec2> Looper<E> {
             }
         }
         self.metrics.leaked_deleted(deleted);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps_by_class() {
+        let now = Instant::now();
+        let mut b = Backoff {
+            attempt: 0,
+            until: None,
+            rng: 0x1234_5678_9ABC_DEF1,
+            cause: None,
+        };
+        let first = b.fail(now, false);
+        assert!(first >= Duration::from_millis(250) && first <= Backoff::BASE);
+        let mut last = Duration::ZERO;
+        for _ in 0..12 {
+            last = b.fail(now, false);
+        }
+        assert!(last >= Backoff::CAP / 2 && last <= Backoff::CAP, "{last:?}");
+        for _ in 0..12 {
+            last = b.fail(now, true);
+        }
+        assert!(
+            last >= Backoff::THROTTLED_CAP / 2 && last <= Backoff::THROTTLED_CAP,
+            "{last:?}"
+        );
+        b.succeed();
+        assert!(b.fail(now, true) <= Backoff::BASE);
     }
 }

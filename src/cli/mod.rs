@@ -80,6 +80,75 @@ pub enum Command {
     /// Install prefixd-cni and the node conflist (the DaemonSet's init container); each file is
     /// written to a temp name and renamed, and the conflist is checked first.
     InstallCni(InstallCniArgs),
+    /// Simulate a fleet on virtual time: N nodes running the real agent loop (or the VPC CNI's
+    /// policy, as a baseline) against the mock EC2's model, under a pod workload; prints what
+    /// each policy costs (pod wait, EC2 calls, throttling, waste).
+    Simulate(SimulateArgs),
+}
+
+/// `prefixd simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// A built-in profile (churn, burst, drain, fleet, targets) or a profile JSON file.
+    #[arg(long, default_value = "churn")]
+    pub profile: String,
+    /// Override the profile's node count.
+    #[arg(long)]
+    pub nodes: Option<u32>,
+    /// Override the profile's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Replace the profile's policies; repeat to compare, e.g.
+    /// `--policy "prefixd WARM_IP_TARGET=5" --policy "vpc-cni WARM_PREFIX_TARGET=1"`.
+    #[arg(long = "policy", value_name = "AGENT K=V ...")]
+    pub policies: Vec<String>,
+    /// Print the report as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// List the built-in profiles and exit.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// Runs `prefixd simulate`.
+pub fn run_simulate(args: &SimulateArgs) -> Result<(), CliError> {
+    use crate::sim::profile::{PolicySpec, Profile};
+    if args.list {
+        for (name, what) in crate::sim::profile::builtins() {
+            println!("{name:8} {what}");
+        }
+        return Ok(());
+    }
+    let mut p = Profile::load(&args.profile).map_err(|e| CliError::Simulate(e.into()))?;
+    if let Some(n) = args.nodes {
+        p.nodes = n;
+    }
+    if let Some(s) = args.seed {
+        p.seed = s;
+    }
+    if !args.policies.is_empty() {
+        p.policies = args
+            .policies
+            .iter()
+            .map(|s| PolicySpec::parse(s))
+            .collect::<Result<_, _>>()
+            .map_err(|why| {
+                CliError::Simulate(crate::sim::SimError::Policy {
+                    policy: "--policy".into(),
+                    why,
+                })
+            })?;
+    }
+    let report = crate::sim::run(&p).map_err(CliError::Simulate)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a report serializes")
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
 }
 
 /// `prefixd install-cni`.
@@ -261,6 +330,9 @@ pub enum CliError {
     /// The agent could not start.
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
+    /// A simulation could not run.
+    #[error(transparent)]
+    Simulate(crate::sim::SimError),
     /// The agent could not be asked.
     #[error("cannot read the agent's status from {addr}: {why}")]
     Status {
@@ -378,7 +450,7 @@ pub fn run_agent(args: &crate::agent::config::AgentArgs) -> Result<(), CliError>
         let conf = loader.load().await;
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let ec2 = SdkEc2::new(
-            aws_sdk_ec2::Client::new(&conf),
+            crate::ec2::sdk::client(&conf),
             Limiter::new(cfg.ec2_api_qps, cfg.ec2_api_burst),
             metrics.clone(),
         );
@@ -451,10 +523,11 @@ pub async fn shutdown_signal() {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own table; its logs would interleave with it.
-    init_logging(if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info"
+    init_logging(match cli.command {
+        Command::Demo(_) => "warn",
+        // Thousands of virtual agents: their logs would drown the table.
+        Command::Simulate(_) => "error",
+        _ => "info",
     });
     let result = match &cli.command {
         Command::Plan(args) => run_plan(args).map(|out| println!("{out}")),
@@ -463,6 +536,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Demo(args) => crate::demo::run(args),
         Command::InstallCni(args) => run_install_cni(args),
+        Command::Simulate(args) => run_simulate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -269,6 +269,12 @@ pub trait CheckpointSink {
     fn write(&mut self, cp: &CheckpointV1) -> Result<(), CheckpointError>;
 }
 
+impl<T: CheckpointSink + ?Sized> CheckpointSink for Box<T> {
+    fn write(&mut self, cp: &CheckpointV1) -> Result<(), CheckpointError> {
+        (**self).write(cp)
+    }
+}
+
 /// A checkpoint in a file, replaced atomically.
 #[derive(Debug)]
 pub struct FileCheckpoint {

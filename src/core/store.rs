@@ -145,6 +145,17 @@ impl Store<FileCheckpoint> {
     }
 }
 
+impl<S: CheckpointSink + Send + 'static> Store<S> {
+    /// The same store with its sink behind a box, so that owners can hold any sink.
+    pub fn boxed(self) -> Store<Box<dyn CheckpointSink + Send>> {
+        Store {
+            ds: self.ds,
+            sink: Box::new(self.sink),
+            writes: self.writes,
+        }
+    }
+}
+
 impl<S: CheckpointSink> Store<S> {
     /// Wraps a datastore and a sink. The current state is not written until the first change.
     pub fn new(ds: Datastore, sink: S) -> Self {

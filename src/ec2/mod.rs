@@ -29,6 +29,36 @@ pub const ACTIONS: &[&str] = &[
     "UnassignPrivateIpAddresses",
 ];
 
+/// How the SDK client retries a call by itself (aws-smithy's retry settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts, the first included.
+    pub max_attempts: u32,
+    /// Full-jitter backoff: retry n waits random(0, 1) × min(initial × 2^(n−1), max).
+    pub initial_backoff: std::time::Duration,
+    /// The cap.
+    pub max_backoff: std::time::Duration,
+}
+
+impl RetryPolicy {
+    /// The SDKs' `standard` mode: 3 attempts, 1 s initial backoff, 20 s cap.
+    pub const STANDARD: Self = Self {
+        max_attempts: 3,
+        initial_backoff: std::time::Duration::from_secs(1),
+        max_backoff: std::time::Duration::from_secs(20),
+    };
+
+    /// prefixd's: the SDK does not retry; the agent does, once per error class (the pool
+    /// loop's jittered backoff, start-up's retries). Retries inside the SDK would add two
+    /// RequestLimitExceeded per throttled call across a fleet and gain nothing the loop's
+    /// backoff does not (`prefixd simulate --profile fleet` shows it).
+    pub const AGENT: Self = Self {
+        max_attempts: 1,
+        initial_backoff: std::time::Duration::from_secs(1),
+        max_backoff: std::time::Duration::from_secs(20),
+    };
+}
+
 /// Tag keys the agent puts on the ENIs it creates (the VPC CNI's names).
 pub mod tags {
     /// The instance the ENI was made for.

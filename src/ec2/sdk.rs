@@ -17,10 +17,29 @@ use aws_sdk_ec2::types::{
 
 use super::limiter::Limiter;
 use super::{
-    Ec2, Ec2Error, EniInfo, ErrorClass, InstanceInfo, NewEni, SubnetInfo, TypeLimits, tags,
+    Ec2, Ec2Error, EniInfo, ErrorClass, InstanceInfo, NewEni, RetryPolicy, SubnetInfo, TypeLimits,
+    tags,
 };
 use crate::core::{EniId, InstanceId, Prefix28, SubnetId};
 use crate::metrics::Metrics;
+
+/// An EC2 client from `conf` that retries as [`RetryPolicy::AGENT`] says (not at all: the
+/// agent's own backoff does).
+pub fn client(conf: &aws_config::SdkConfig) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(conf)
+            .retry_config(retry_config(RetryPolicy::AGENT))
+            .build(),
+    )
+}
+
+/// The SDK's retry settings for `p`.
+pub fn retry_config(p: RetryPolicy) -> aws_sdk_ec2::config::retry::RetryConfig {
+    aws_sdk_ec2::config::retry::RetryConfig::standard()
+        .with_max_attempts(p.max_attempts)
+        .with_initial_backoff(p.initial_backoff)
+        .with_max_backoff(p.max_backoff)
+}
 
 /// The SDK-backed EC2 client.
 #[derive(Clone)]
@@ -104,7 +123,7 @@ impl SdkEc2 {
         let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
             .await;
-        Self::new(aws_sdk_ec2::Client::new(&conf), limiter, metrics)
+        Self::new(client(&conf), limiter, metrics)
     }
 
     /// Wraps a client.

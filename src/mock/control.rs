@@ -180,6 +180,18 @@ impl Control {
         r
     }
 
+    /// The tokens in `action`'s (filtered) bucket at `now`: its capacity when untouched.
+    pub fn tokens(&self, action: &str, now: Instant) -> f64 {
+        let spec = bucket_spec(action, false);
+        match self.buckets.get(action) {
+            None => spec.capacity,
+            Some(b) => {
+                let elapsed = now.saturating_duration_since(b.last).as_secs_f64() * self.time_scale;
+                (b.tokens + elapsed * b.spec.refill).min(b.spec.capacity)
+            }
+        }
+    }
+
     /// Counts an error answered by the model.
     pub fn count_error(&mut self, action: &str, code: &str) {
         *self
