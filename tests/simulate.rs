@@ -117,6 +117,29 @@ fn churn_fails_adds_under_the_baseline_only() {
 }
 
 #[test]
+fn a_fragmented_subnet_still_starts_pods_with_prefixd_only() {
+    // No free /28 (the VPC CNI's #2749): prefixd falls back to /32 addresses, on new ENIs too;
+    // the baseline starts nothing.
+    let mut p = Profile::load("fragmented").unwrap();
+    p.nodes = 4;
+    let r = sim::run(&p).unwrap();
+    let ours = policy(&r, "prefixd WARM_PREFIX_TARGET=1");
+    let theirs = policy(&r, "vpc-cni WARM_PREFIX_TARGET=1");
+    assert!(ours.insufficient_cidr > 0, "{ours:?}");
+    assert_eq!(ours.unserved, 0, "{ours:?}");
+    assert!(ours.enis_peak > 4, "/32 addresses on new ENIs: {ours:?}");
+    assert!(
+        ours.calls
+            .get("CreateNetworkInterface")
+            .copied()
+            .unwrap_or(0)
+            >= 4
+    );
+    assert_eq!(theirs.unserved, theirs.pods, "{theirs:?}");
+    assert!(theirs.insufficient_cidr > 0);
+}
+
+#[test]
 fn a_fleet_scale_up_never_beats_the_bucket_bound_and_comes_close() {
     // 150 nodes each needing one AssignPrivateIpAddresses at once: the bucket (100, then 5/s)
     // allows them no faster than (150 − 100) / 5 = 10 s.
@@ -177,7 +200,7 @@ fn cli_lists_runs_and_refuses_bad_input() {
     let out = prefixd(&["simulate", "--list"]);
     assert!(out.status.success());
     let list = String::from_utf8_lossy(&out.stdout);
-    for name in ["churn", "burst", "drain", "fleet", "targets"] {
+    for name in ["churn", "burst", "drain", "fleet", "targets", "fragmented"] {
         assert!(list.contains(name), "{list}");
     }
     let out = prefixd(&[

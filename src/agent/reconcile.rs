@@ -107,7 +107,9 @@ pub struct Looper<E> {
     need_resync: bool,
     backoff: Backoff,
     release_since: Option<Instant>,
-    subnet_cooldown: HashMap<SubnetId, Instant>,
+    /// Subnets cooling down after InsufficientCidrBlocks (no /28: /32 addresses may still be
+    /// had) or InsufficientFreeAddressesInSubnet (`true`: nothing to be had), until when.
+    subnet_cooldown: HashMap<SubnetId, (Instant, bool)>,
     fallback_until: Option<Instant>,
     prefixes_unsupported: bool,
     next_sweep: Instant,
@@ -491,7 +493,9 @@ impl<E: Ec2> Looper<E> {
 
     fn insufficient(&mut self, subnet: &SubnetId, e: &Ec2Error) {
         let until = Instant::now() + self.cfg.insufficient_cidr_cooldown;
-        self.subnet_cooldown.insert(subnet.clone(), until);
+        let no_addresses = e.class == ErrorClass::InsufficientAddresses;
+        self.subnet_cooldown
+            .insert(subnet.clone(), (until, no_addresses));
         if self.cfg.secondary_ip_fallback {
             self.fallback_until = Some(until);
             tracing::warn!(subnet.id = %subnet, code = %e.code, cooldown_s = self.cfg.insufficient_cidr_cooldown.as_secs(), "no /28 to be had: using /32 secondary addresses until the cooldown ends");
@@ -561,8 +565,10 @@ impl<E: Ec2> Looper<E> {
                             .get(&step.eni)
                             .cloned()
                             .unwrap_or_else(|| self.node.subnet.clone());
-                        self.subnet_cooldown
-                            .insert(subnet, Instant::now() + self.cfg.insufficient_cidr_cooldown);
+                        self.subnet_cooldown.insert(
+                            subnet,
+                            (Instant::now() + self.cfg.insufficient_cidr_cooldown, true),
+                        );
                         return Ok(());
                     }
                     Err(e) => return Err(e),
@@ -585,7 +591,10 @@ impl<E: Ec2> Looper<E> {
         }
     }
 
-    async fn candidate_subnets(&self) -> Result<Vec<SubnetId>, Ec2Error> {
+    /// Subnets for a new ENI, most free addresses first. One cooling down after
+    /// InsufficientCidrBlocks is skipped only when the ENI is to carry prefixes: /32 addresses
+    /// (the fallback) can still come from a fragmented subnet.
+    async fn candidate_subnets(&self, wants_prefixes: bool) -> Result<Vec<SubnetId>, Ec2Error> {
         let now = Instant::now();
         let all = if self.cfg.pod_subnet_ids.is_empty() {
             vec![self.node.subnet.clone()]
@@ -594,7 +603,11 @@ impl<E: Ec2> Looper<E> {
         };
         let usable: Vec<SubnetId> = all
             .into_iter()
-            .filter(|s| self.subnet_cooldown.get(s).is_none_or(|u| *u <= now))
+            .filter(|s| {
+                self.subnet_cooldown
+                    .get(s)
+                    .is_none_or(|(u, no_addresses)| *u <= now || (!no_addresses && !wants_prefixes))
+            })
             .collect();
         if usable.len() <= 1 {
             return Ok(usable);
@@ -605,10 +618,10 @@ impl<E: Ec2> Looper<E> {
     }
 
     async fn create_eni(&mut self, prefixes: u32, secondary_ips: u32) -> Result<(), Ec2Error> {
-        let subnets = self.candidate_subnets().await?;
+        let subnets = self.candidate_subnets(prefixes > 0).await?;
         if subnets.is_empty() {
             tracing::warn!(
-                "every pod subnet is cooling down after InsufficientCidrBlocks; no new ENI now"
+                "every pod subnet is cooling down after running out of /28s or addresses; no new ENI now"
             );
             return Ok(());
         }

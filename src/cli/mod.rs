@@ -89,7 +89,7 @@ pub enum Command {
 /// `prefixd simulate`.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// A built-in profile (churn, burst, drain, fleet, targets) or a profile JSON file.
+    /// A built-in profile (churn, burst, drain, fleet, targets, fragmented) or a profile JSON file.
     #[arg(long, default_value = "churn")]
     pub profile: String,
     /// Override the profile's node count.

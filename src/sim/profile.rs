@@ -200,7 +200,7 @@ pub enum ProfileError {
     },
     /// Not a built-in name and not a readable file.
     #[error(
-        "no built-in profile {0:?} and no such file; built in: churn, burst, drain, fleet, targets"
+        "no built-in profile {0:?} and no such file; built in: churn, burst, drain, fleet, targets, fragmented"
     )]
     Unknown(String),
 }
@@ -211,6 +211,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("drain", include_str!("profiles/drain.json")),
     ("fleet", include_str!("profiles/fleet.json")),
     ("targets", include_str!("profiles/targets.json")),
+    ("fragmented", include_str!("profiles/fragmented.json")),
 ];
 
 /// Built-in profile names and descriptions.
