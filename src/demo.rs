@@ -44,16 +44,6 @@ struct AgentOnly {
     agent: AgentArgs,
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -292,7 +282,7 @@ fn churn(
     duration: Duration,
     seed: u64,
 ) -> Result<ChurnReport, CliError> {
-    let mut rng = Rng(seed);
+    let mut rng = crate::core::rng::XorShift64::new(seed);
     let start = Instant::now();
     let mut live: Vec<PodKey> = Vec::new();
     let mut holder: BTreeMap<Ipv4Addr, PodKey> = BTreeMap::new();
@@ -318,9 +308,9 @@ fn churn(
         } else {
             (f64::from(peak) * 0.1).ceil() as usize
         };
-        let churn_now = (0.35..0.7).contains(&phase) && rng.next() % 3 == 0 && !live.is_empty();
+        let churn_now = (0.35..0.7).contains(&phase) && rng.next_u64() % 3 == 0 && !live.is_empty();
         if live.len() > target || churn_now {
-            let i = (rng.next() % live.len() as u64) as usize;
+            let i = (rng.next_u64() % live.len() as u64) as usize;
             let key = live.swap_remove(i);
             ipc::call(socket, Op::Del { key: key.clone() }, Duration::from_secs(5)).map_err(err)?;
             holder.retain(|_, k| *k != key);

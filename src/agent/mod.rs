@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::core::checkpoint::CheckpointError;
 use crate::core::instance_types;
 use crate::core::planner::Limits;
+use crate::core::rng::XorShift64;
 use crate::core::{InstanceId, Mode};
 use crate::ec2::{Ec2, Ec2Error, ErrorClass, TypeLimits};
 use crate::metrics::Metrics;
@@ -69,9 +70,7 @@ where
 {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0u32;
-    let mut rng = seed.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-    }) | 1;
+    let mut rng = XorShift64::from_text(seed, 0xCBF2_9CE4_8422_2325);
     loop {
         match f().await {
             Ok(v) => return Ok(v),
@@ -80,11 +79,7 @@ where
                     && matches!(e.class, ErrorClass::Throttled | ErrorClass::Transient) =>
             {
                 attempt += 1;
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let frac = (rng >> 11) as f64 / (1u64 << 53) as f64;
-                let jittered = delay.mul_f64(0.5 + frac / 2.0);
+                let jittered = delay.mul_f64(0.5 + rng.next_f64() / 2.0);
                 tracing::warn!(what, attempt, error = %e, retry_ms = jittered.as_millis() as u64, "start-up EC2 call failed; retrying");
                 tokio::time::sleep(jittered).await;
                 delay = (delay * 2).min(Duration::from_secs(20));

@@ -19,6 +19,7 @@ use super::config::AgentConfig;
 use super::pool::PoolHandle;
 use super::status::Status;
 use crate::core::planner::{self, Limits, Plan};
+use crate::core::rng::XorShift64;
 use crate::core::{Change, EniId, InstanceId, Mode, Outcome, Prefix28, SubnetId};
 use crate::ec2::sdk::eni_tags;
 use crate::ec2::{Ec2, Ec2Error, EniInfo, ErrorClass, NewEni, tags};
@@ -51,7 +52,7 @@ pub struct Node {
 struct Backoff {
     attempt: u32,
     until: Option<Instant>,
-    rng: u64,
+    rng: XorShift64,
     /// The action whose failure set the backoff: only its success (or a later step's) resets
     /// it, so that a resync's Describe does not reset a throttled Assign's backoff.
     cause: Option<&'static str>,
@@ -78,11 +79,7 @@ impl Backoff {
             .saturating_mul(1u32 << self.attempt.min(10))
             .min(cap);
         self.attempt += 1;
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let frac = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-        let d = exp.mul_f64(0.5 + 0.5 * frac);
+        let d = exp.mul_f64(0.5 + 0.5 * self.rng.next_f64());
         self.until = Some(now + d);
         d
     }
@@ -92,6 +89,15 @@ impl Backoff {
         self.until = None;
         self.cause = None;
     }
+}
+
+/// A subnet that ran short, and until when it is left alone.
+#[derive(Debug, Clone, Copy)]
+struct SubnetCooldown {
+    until: Instant,
+    /// InsufficientFreeAddressesInSubnet: nothing to be had. Otherwise (InsufficientCidrBlocks)
+    /// only /28s are short, and /32 addresses may still be had.
+    no_addresses: bool,
 }
 
 /// The loop's state.
@@ -107,9 +113,7 @@ pub struct Looper<E> {
     need_resync: bool,
     backoff: Backoff,
     release_since: Option<Instant>,
-    /// Subnets cooling down after InsufficientCidrBlocks (no /28: /32 addresses may still be
-    /// had) or InsufficientFreeAddressesInSubnet (`true`: nothing to be had), until when.
-    subnet_cooldown: HashMap<SubnetId, (Instant, bool)>,
+    subnet_cooldown: HashMap<SubnetId, SubnetCooldown>,
     fallback_until: Option<Instant>,
     prefixes_unsupported: bool,
     next_sweep: Instant,
@@ -138,15 +142,8 @@ impl<E: Ec2> Looper<E> {
         resynced: tokio::sync::oneshot::Sender<()>,
     ) -> Self {
         let now = Instant::now();
-        let seed = node
-            .instance
-            .as_str()
-            .bytes()
-            .fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-            })
-            | 1;
         status.update(|s| s.fallback_allowed = cfg.secondary_ip_fallback);
+        let rng = XorShift64::from_text(node.instance.as_str(), 0x9E37_79B9_7F4A_7C15);
         Self {
             ec2,
             cfg,
@@ -160,7 +157,7 @@ impl<E: Ec2> Looper<E> {
             backoff: Backoff {
                 attempt: 0,
                 until: None,
-                rng: seed,
+                rng,
                 cause: None,
             },
             release_since: None,
@@ -493,9 +490,13 @@ impl<E: Ec2> Looper<E> {
 
     fn insufficient(&mut self, subnet: &SubnetId, e: &Ec2Error) {
         let until = Instant::now() + self.cfg.insufficient_cidr_cooldown;
-        let no_addresses = e.class == ErrorClass::InsufficientAddresses;
-        self.subnet_cooldown
-            .insert(subnet.clone(), (until, no_addresses));
+        self.subnet_cooldown.insert(
+            subnet.clone(),
+            SubnetCooldown {
+                until,
+                no_addresses: e.class == ErrorClass::InsufficientAddresses,
+            },
+        );
         if self.cfg.secondary_ip_fallback {
             self.fallback_until = Some(until);
             tracing::warn!(subnet.id = %subnet, code = %e.code, cooldown_s = self.cfg.insufficient_cidr_cooldown.as_secs(), "no /28 to be had: using /32 secondary addresses until the cooldown ends");
@@ -567,7 +568,10 @@ impl<E: Ec2> Looper<E> {
                             .unwrap_or_else(|| self.node.subnet.clone());
                         self.subnet_cooldown.insert(
                             subnet,
-                            (Instant::now() + self.cfg.insufficient_cidr_cooldown, true),
+                            SubnetCooldown {
+                                until: Instant::now() + self.cfg.insufficient_cidr_cooldown,
+                                no_addresses: true,
+                            },
                         );
                         return Ok(());
                     }
@@ -606,7 +610,7 @@ impl<E: Ec2> Looper<E> {
             .filter(|s| {
                 self.subnet_cooldown
                     .get(s)
-                    .is_none_or(|(u, no_addresses)| *u <= now || (!no_addresses && !wants_prefixes))
+                    .is_none_or(|c| c.until <= now || (!c.no_addresses && !wants_prefixes))
             })
             .collect();
         if usable.len() <= 1 {
@@ -920,7 +924,7 @@ mod tests {
         let mut b = Backoff {
             attempt: 0,
             until: None,
-            rng: 0x1234_5678_9ABC_DEF1,
+            rng: XorShift64::new(0x1234_5678_9ABC_DEF1),
             cause: None,
         };
         let first = b.fail(now, false);

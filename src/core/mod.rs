@@ -7,6 +7,7 @@ pub mod config;
 pub mod datastore;
 pub mod instance_types;
 pub mod planner;
+pub mod rng;
 pub mod store;
 pub mod types;
 

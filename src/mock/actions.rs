@@ -351,7 +351,8 @@ fn eni_field<'a>(e: &'a Eni, now_ms: u64) -> Box<FieldFn<'a>> {
     })
 }
 
-fn attach_status(ready_at_ms: u64, now_ms: u64) -> &'static str {
+/// An attachment's state at `now_ms`: `attaching` until it is ready, then `attached`.
+pub fn attach_status(ready_at_ms: u64, now_ms: u64) -> &'static str {
     if now_ms < ready_at_ms {
         "attaching"
     } else {

@@ -26,6 +26,7 @@ fn prefixes_for(x: i64) -> i64 {
     (x.max(0) + 15) / 16
 }
 use crate::core::config::Targets;
+use crate::core::rng::XorShift64;
 
 /// ipamd's pool numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,7 +114,7 @@ pub struct Pool {
     pub blocks: Vec<Block>,
     pods: HashMap<u64, (Prefix28, u8)>,
     cooldown_ms: u64,
-    rng: u64,
+    rng: XorShift64,
 }
 
 impl Pool {
@@ -123,16 +124,13 @@ impl Pool {
             blocks: Vec::new(),
             pods: HashMap::new(),
             cooldown_ms,
-            rng: seed | 1,
+            rng: XorShift64::new(seed),
         }
     }
 
     /// A number in 0..n.
     pub fn pick(&mut self, n: usize) -> usize {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng % n as u64) as usize
+        (self.rng.next_u64() % n as u64) as usize
     }
 
     /// Adds prefixes of ENI `eni`.

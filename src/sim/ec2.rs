@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::core::rng::XorShift64;
 use crate::core::{EniId, InstanceId, Prefix28, SubnetId, instance_types};
 use crate::ec2::limiter::Limiter;
 use crate::ec2::{
@@ -19,6 +20,7 @@ use crate::ec2::{
     tags,
 };
 use crate::mock;
+use crate::mock::actions::attach_status;
 use crate::mock::control::Control;
 use crate::mock::model::{Eni, IpRequest, Model};
 
@@ -62,7 +64,7 @@ pub struct SimEc2 {
     account: Arc<Account>,
     limiter: Option<Limiter>,
     retry: RetryPolicy,
-    rng: Mutex<u64>,
+    rng: Mutex<XorShift64>,
 }
 
 fn convert(action: &'static str, e: mock::Ec2Error) -> Ec2Error {
@@ -82,13 +84,7 @@ fn info(e: &Eni, now_ms: u64) -> EniInfo {
         status: e.status().to_owned(),
         device_index: att.map(|a| a.device_index),
         attachment_id: att.map(|a| a.id.clone()),
-        attachment_status: att.map(|a| {
-            if now_ms < a.ready_at_ms {
-                "attaching".to_owned()
-            } else {
-                "attached".to_owned()
-            }
-        }),
+        attachment_status: att.map(|a| attach_status(a.ready_at_ms, now_ms).to_owned()),
         primary_ip: Some(e.primary_ip),
         secondary_ips: e.secondary.clone(),
         prefixes: e.prefixes.clone(),
@@ -109,16 +105,12 @@ impl SimEc2 {
             account,
             limiter,
             retry,
-            rng: Mutex::new(seed | 1),
+            rng: Mutex::new(XorShift64::new(seed)),
         }
     }
 
     fn jitter(&self) -> f64 {
-        let mut x = self.rng.lock().expect("rng lock");
-        *x ^= *x << 13;
-        *x ^= *x >> 7;
-        *x ^= *x << 17;
-        (*x >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.lock().expect("rng lock").next_f64()
     }
 
     /// One call as the SDK makes it: the limiter (mutating calls), then up to
@@ -170,10 +162,6 @@ impl SimEc2 {
             attempt += 1;
         }
     }
-}
-
-fn eni_id(e: &EniId) -> &str {
-    e.as_str()
 }
 
 impl Ec2 for SimEc2 {
@@ -268,7 +256,7 @@ impl Ec2 for SimEc2 {
     async fn assign_prefixes(&self, eni: &EniId, count: u32) -> Result<Vec<Prefix28>, Ec2Error> {
         self.call("AssignPrivateIpAddresses", false, |m, _| {
             m.assign(
-                eni_id(eni),
+                eni.as_str(),
                 IpRequest {
                     prefix_count: count,
                     ..IpRequest::default()
@@ -286,7 +274,7 @@ impl Ec2 for SimEc2 {
     ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
         self.call("AssignPrivateIpAddresses", false, |m, _| {
             m.assign(
-                eni_id(eni),
+                eni.as_str(),
                 IpRequest {
                     ip_count: count,
                     ..IpRequest::default()
@@ -305,7 +293,7 @@ impl Ec2 for SimEc2 {
     ) -> Result<(), Ec2Error> {
         let ps: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
         self.call("UnassignPrivateIpAddresses", false, |m, _| {
-            m.unassign(eni_id(eni), &ps, ips)
+            m.unassign(eni.as_str(), &ps, ips)
         })
         .await
     }
@@ -336,7 +324,7 @@ impl Ec2 for SimEc2 {
         device_index: u32,
     ) -> Result<String, Ec2Error> {
         self.call("AttachNetworkInterface", false, |m, now| {
-            m.attach(eni_id(eni), instance.as_str(), device_index, 0, now)
+            m.attach(eni.as_str(), instance.as_str(), device_index, 0, now)
         })
         .await
     }
@@ -347,7 +335,7 @@ impl Ec2 for SimEc2 {
         attachment_id: &str,
     ) -> Result<(), Ec2Error> {
         self.call("ModifyNetworkInterfaceAttribute", false, |m, _| {
-            m.set_delete_on_termination(eni_id(eni), attachment_id, true)
+            m.set_delete_on_termination(eni.as_str(), attachment_id, true)
         })
         .await
     }
@@ -361,7 +349,7 @@ impl Ec2 for SimEc2 {
 
     async fn delete_eni(&self, eni: &EniId) -> Result<(), Ec2Error> {
         self.call("DeleteNetworkInterface", false, |m, _| {
-            m.delete_eni(eni_id(eni))
+            m.delete_eni(eni.as_str())
         })
         .await
     }

@@ -29,6 +29,7 @@ use crate::agent::config::{AgentArgs, AgentConfig};
 use crate::agent::pool::{self, Clock, PoolHandle};
 use crate::agent::reconcile::{Looper, Node};
 use crate::agent::status::Status;
+use crate::core::rng::XorShift64;
 use crate::core::{EniId, InstanceId, PodInfo, PodKey, UnixMillis};
 use crate::ec2::RetryPolicy;
 use crate::ec2::limiter::Limiter;
@@ -132,13 +133,6 @@ pub fn run(profile: &Profile) -> Result<Report, SimError> {
         latency: profile.latency,
         policies,
     })
-}
-
-fn rng_step(x: &mut u64) -> f64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    (*x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn seed_of(a: u64, b: u64) -> u64 {
@@ -280,7 +274,7 @@ async fn pod_life(
         r.pods += 1;
         r.phases[phase].pods += 1;
     }
-    let mut rng = seed_of(ctx.profile.seed, id);
+    let mut rng = XorShift64::new(seed_of(ctx.profile.seed, id));
     let ended = loop {
         let r = tokio::select! {
             biased;
@@ -290,7 +284,7 @@ async fn pod_life(
                 Ok(()) => None,
                 Err(()) => {
                     ctx.rec.lock().expect("rec").failed_adds += 1;
-                    let backoff = KUBELET_BACKOFF.mul_f64(1.0 + 0.5 * rng_step(&mut rng));
+                    let backoff = KUBELET_BACKOFF.mul_f64(1.0 + 0.5 * rng.next_f64());
                     tokio::select! {
                         biased;
                         _ = kill.changed() => Some(Ended::Killed),
@@ -315,14 +309,16 @@ async fn pod_life(
     }
     {
         let now = Instant::now();
-        let stats = ctx.account.with_control(|c| c.stats.clone());
+        // A scale-up's bound needs the calls made until its last pod's address.
+        let stats = matches!(ctx.profile.phases[phase], Phase::ScaleUp { .. })
+            .then(|| ctx.account.with_control(|c| c.stats.clone()));
         let mut r = ctx.rec.lock().expect("rec");
         r.waits.push(now - created);
         r.used += 1;
         let ph = &mut r.phases[phase];
-        if ph.last_served.is_none_or(|t| t <= now) {
-            ph.last_served = Some(now);
-            ph.end_stats = Some(stats);
+        ph.last_served = Some(now);
+        if stats.is_some() {
+            ph.end_stats = stats;
         }
     }
     let ended = tokio::select! {
@@ -426,11 +422,14 @@ impl VpcLoop {
 
     async fn grow(&mut self, n: u32) {
         let slots = self.node.limits.slots_per_eni;
-        let target = (0..self.enis.len()).find(|i| {
-            self.enis[*i].is_some() && self.pool.lock().expect("pool").prefixes_on(*i) < slots
-        });
-        if let Some(i) = target {
-            let free = slots - self.pool.lock().expect("pool").prefixes_on(i);
+        let target = {
+            let pool = self.pool.lock().expect("pool");
+            (0..self.enis.len())
+                .filter(|i| self.enis[*i].is_some())
+                .map(|i| (i, slots.saturating_sub(pool.prefixes_on(i))))
+                .find(|(_, free)| *free > 0)
+        };
+        if let Some((i, free)) = target {
             let eni = self.enis[i].as_ref().expect("live").id.clone();
             let k = n.max(1).min(free);
             let r = match self.ec2.assign_prefixes(&eni, k).await {
@@ -521,14 +520,17 @@ impl VpcLoop {
     }
 
     async fn free_empty_eni(&mut self, now: Instant) {
-        let pool = self.pool.lock().expect("pool").clone();
-        let Some(i) = (0..self.enis.len()).find(|i| {
-            self.enis[*i].as_ref().is_some_and(|e| {
-                !e.primary
-                    && pool.prefixes_on(*i) == 0
-                    && now.duration_since(e.created) >= Duration::from_secs(60)
+        let found = {
+            let pool = self.pool.lock().expect("pool");
+            (0..self.enis.len()).find(|i| {
+                self.enis[*i].as_ref().is_some_and(|e| {
+                    !e.primary
+                        && pool.prefixes_on(*i) == 0
+                        && now.duration_since(e.created) >= Duration::from_secs(60)
+                })
             })
-        }) else {
+        };
+        let Some(i) = found else {
             return;
         };
         let e = self.enis[i].take().expect("found");
@@ -716,7 +718,7 @@ async fn run_policy(
         .map(|ph| p.duration_of(ph.at()))
         .min()
         .unwrap_or(boot);
-    tokio::spawn(sample(ctx.clone(), first_phase, instances.clone()));
+    tokio::spawn(sample(ctx.clone(), first_phase));
     tokio::time::sleep(p.duration_of(&p.duration)).await;
     let _ = stop_tx.send(true);
     // Let every task see the stop.
@@ -822,23 +824,15 @@ fn rec_into(rec: Rec, p: &Profile, origin: Instant) -> RunData {
     }
 }
 
-async fn sample(ctx: Arc<Ctx>, from: Duration, instances: Vec<InstanceId>) {
+/// Samples what the account holds: every ENI in it is a simulated node's (or a detached one
+/// on its way out).
+async fn sample(ctx: Arc<Ctx>, from: Duration) {
     let mut stop = ctx.stop.clone();
     tokio::time::sleep(from).await;
-    let ids: std::collections::HashSet<String> =
-        instances.iter().map(|i| i.as_str().to_owned()).collect();
     loop {
         let (held, prefixes, enis) = ctx.account.with_model(|m| {
             let (mut h, mut p, mut e) = (0u64, 0u64, 0u64);
             for x in m.enis.values() {
-                let mine = x
-                    .attachment
-                    .as_ref()
-                    .is_some_and(|a| ids.contains(&a.instance))
-                    || x.attachment.is_none();
-                if !mine {
-                    continue;
-                }
                 h += 16 * x.prefixes.len() as u64 + x.secondary.len() as u64;
                 p += x.prefixes.len() as u64;
                 e += 1;
@@ -898,13 +892,13 @@ async fn run_phase(ctx: Arc<Ctx>, index: usize, ph: Phase) {
                 for slot in 0..pods_per_node {
                     let (ctx, node) = (ctx.clone(), node.clone());
                     tokio::spawn(async move {
-                        let mut rng = seed_of(
+                        let mut rng = XorShift64::new(seed_of(
                             ctx.profile.seed ^ 0xC0FFEE,
                             (node.index as u64) << 20 | u64::from(slot),
-                        );
+                        ));
                         let end = ctx.origin + until;
                         while Instant::now() < end {
-                            let u = rng_step(&mut rng).max(1e-9);
+                            let u = rng.next_f64().max(1e-9);
                             let life = mean.mul_f64(-u.ln());
                             if pod_life(ctx.clone(), node.clone(), index, Some(life)).await
                                 != Ended::Lifetime
