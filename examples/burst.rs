@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use prefixd::core::PodKey;
+use prefixd::ec2::Action;
 use prefixd::ipc::{self, Op};
 use prefixd::mock::MockServer;
 use prefixd::mock::scenario::{LatencySpec, Scenario};
@@ -45,7 +46,7 @@ async fn main() {
         support::start_agent(&mock.endpoint(), &node, dir.path(), &[("MAX_PODS", "250")]).await;
     let pid = agent.id();
     // Cold: wait for the start-up Assign (WARM_PREFIX_TARGET=1) to land, then settle.
-    while mock.stats().calls_of("AssignPrivateIpAddresses") < 1 {
+    while mock.stats().calls_of(Action::AssignPrivateIpAddresses) < 1 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -81,28 +82,32 @@ async fn main() {
     }
     let peak = rss_kb(pid, "VmHWM:");
     let after = mock.stats();
-    let d = |a: &str| after.calls_of(a) - before.calls_of(a);
-    let lat = |a: &str| {
+    let d = |a: Action| after.calls_of(a) - before.calls_of(a);
+    let lat = |a: Action| {
         prefixd::core::config::parse_duration(
             "x",
-            latency.actions.get(a).map(String::as_str).unwrap_or("0"),
+            latency
+                .actions
+                .get(a.name())
+                .map(String::as_str)
+                .unwrap_or("0"),
         )
         .unwrap()
     };
     let attach_ready =
         prefixd::core::config::parse_duration("x", latency.attach.as_deref().unwrap_or("0"))
             .unwrap();
-    let critical = lat("AssignPrivateIpAddresses")
-        + lat("CreateNetworkInterface")
-        + lat("AttachNetworkInterface")
+    let critical = lat(Action::AssignPrivateIpAddresses)
+        + lat(Action::CreateNetworkInterface)
+        + lat(Action::AttachNetworkInterface)
         + attach_ready;
     println!("200 simultaneous ADDs on a cold m5.large (MAX_PODS=250), mock EC2 latency model on");
     println!("  addresses: {ok}/200; last address after {} ms", ms(last));
     println!(
         "  critical path: Assign {} + Create {} + Attach {} + attachment ready {} = {} ms; ratio {:.2}",
-        ms(lat("AssignPrivateIpAddresses")),
-        ms(lat("CreateNetworkInterface")),
-        ms(lat("AttachNetworkInterface")),
+        ms(lat(Action::AssignPrivateIpAddresses)),
+        ms(lat(Action::CreateNetworkInterface)),
+        ms(lat(Action::AttachNetworkInterface)),
         ms(attach_ready),
         ms(critical),
         last.as_secs_f64() / critical.as_secs_f64()
@@ -110,14 +115,14 @@ async fn main() {
     let mutating: Vec<String> = after
         .calls
         .keys()
-        .filter(|a| !a.starts_with("Describe") && d(a) > 0)
-        .map(|a| format!("{a} {}", d(a)))
+        .filter(|a| a.is_mutating() && d(**a) > 0)
+        .map(|a| format!("{a} {}", d(*a)))
         .collect();
     let describes: u64 = after
         .calls
         .keys()
-        .filter(|a| a.starts_with("Describe"))
-        .map(|a| d(a))
+        .filter(|a| !a.is_mutating())
+        .map(|a| d(*a))
         .sum();
     println!(
         "  EC2 calls during the burst: {} ({}; Describe* {describes})",

@@ -1,6 +1,7 @@
 //! `prefixd demo`: the real agent against the mock EC2 (in-process, over HTTP, with EC2's
 //! latency model), and a pod churn driven through the agent's socket exactly as the CNI plugin
-//! does. Shows the pool live and ends with a summary. No AWS needed.
+//! does. Shows the pool live and ends with a summary. No AWS needed (test bench: cargo feature
+//! `testbench`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -9,17 +10,46 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
-use clap::{Args, Parser};
+use clap::Args;
 
-use crate::agent::config::AgentArgs;
-use crate::cli::CliError;
+use crate::agent::AgentBuilder;
+use crate::agent::config::{self, AgentConfig};
 use crate::core::PodKey;
-use crate::ec2::limiter::Limiter;
+use crate::core::settings::{ConfigError, Values, parse_duration};
 use crate::ec2::sdk::SdkEc2;
 use crate::ipc::{self, Op};
 use crate::metrics::Metrics;
 use crate::mock::MockServer;
-use crate::mock::scenario::{LatencySpec, Scenario};
+use crate::mock::scenario::{LatencySpec, Scenario, ScenarioError};
+
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A setting (an env var, or `--duration`) is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The embedded scenario did not build.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The agent could not start.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// The runtime or the mock could not start.
+    #[error("{what}: {source}")]
+    Start {
+        /// What was starting.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent did not become ready.
+    #[error("the agent did not become ready: {0}")]
+    NotReady(String),
+    /// The churn could not talk to the agent.
+    #[error("the pod churn failed: {0}")]
+    Churn(#[from] ipc::ClientError),
+}
 
 /// `prefixd demo`.
 #[derive(Debug, Clone, Args)]
@@ -38,12 +68,6 @@ pub struct DemoArgs {
     pub no_latency: bool,
 }
 
-#[derive(Parser)]
-struct AgentOnly {
-    #[command(flatten)]
-    agent: AgentArgs,
-}
-
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -56,20 +80,47 @@ fn ms(d: Duration) -> String {
 }
 
 /// Runs the demo.
-pub fn run(args: &DemoArgs) -> Result<(), CliError> {
-    let duration = crate::core::config::parse_duration("--duration", &args.duration)?;
+pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
+    let duration = parse_duration("--duration", &args.duration)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|source| CliError::Serve {
-            what: "tokio runtime".into(),
+        .map_err(|source| DemoError::Start {
+            what: "tokio runtime",
             source,
         })?;
     rt.block_on(demo(args.clone(), duration))
 }
 
-async fn demo(args: DemoArgs, duration: Duration) -> Result<(), CliError> {
+/// The agent's settings: the process environment's, with demo-friendly timings where it sets
+/// none, and the demo's own files and ports.
+fn settings(instance: &str, dir: &std::path::Path) -> Result<AgentConfig, ConfigError> {
+    let mut v = Values::from_env(config::TABLES);
+    for (var, value) in [
+        (config::RELEASE_DELAY.var, "5s"),
+        (crate::core::config::IP_COOLDOWN_PERIOD.var, "5s"),
+        (crate::ec2::limiter::EC2_API_QPS.var, "5"),
+    ] {
+        if !v.contains(var) {
+            v.set(var, value);
+        }
+    }
+    v.set(config::INSTANCE_ID.var, instance);
+    v.set(
+        config::CHECKPOINT_PATH.var,
+        dir.join("checkpoint.json").display().to_string(),
+    );
+    v.set(
+        config::SOCKET_PATH.var,
+        dir.join("agent.sock").display().to_string(),
+    );
+    v.set(config::INTROSPECTION_BIND_ADDRESS.var, "127.0.0.1:0");
+    v.set(config::METRICS_BIND_ADDRESS.var, "127.0.0.1:0");
+    AgentConfig::from_lookup(&v)
+}
+
+async fn demo(args: DemoArgs, duration: Duration) -> Result<(), DemoError> {
     let mut scenario = Scenario::default_scenario();
     if !args.no_latency {
         scenario.latency = LatencySpec::realistic();
@@ -77,8 +128,8 @@ async fn demo(args: DemoArgs, duration: Duration) -> Result<(), CliError> {
     let built = scenario.build("default")?;
     let mock = MockServer::start(built, "127.0.0.1:0".parse().expect("addr"))
         .await
-        .map_err(|source| CliError::Serve {
-            what: "mock EC2".into(),
+        .map_err(|source| DemoError::Start {
+            what: "mock EC2",
             source,
         })?;
     let instance = mock
@@ -88,35 +139,7 @@ async fn demo(args: DemoArgs, duration: Duration) -> Result<(), CliError> {
     let dir = std::env::temp_dir().join(format!("prefixd-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let socket: PathBuf = dir.join("agent.sock");
-    let mut argv: Vec<String> = vec![
-        "agent".into(),
-        "--instance-id".into(),
-        instance.clone(),
-        "--checkpoint-path".into(),
-        dir.join("checkpoint.json").display().to_string(),
-        "--socket-path".into(),
-        socket.display().to_string(),
-        "--introspection-bind-address".into(),
-        "127.0.0.1:0".into(),
-        "--metrics-bind-address".into(),
-        "127.0.0.1:0".into(),
-    ];
-    // Demo-friendly timings unless the environment sets them.
-    for (var, flag, value) in [
-        ("RELEASE_DELAY", "--release-delay", "5s"),
-        ("IP_COOLDOWN_PERIOD", "--ip-cooldown-period", "5s"),
-        ("EC2_API_QPS", "--ec2-api-qps", "5"),
-    ] {
-        if std::env::var(var).is_err() {
-            argv.push(flag.into());
-            argv.push(value.into());
-        }
-    }
-    let parsed = AgentOnly::try_parse_from(&argv).map_err(|e| CliError::Status {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        why: e.to_string(),
-    })?;
-    let cfg = parsed.agent.to_config()?;
+    let cfg = settings(&instance, &dir)?;
     let metrics = Arc::new(Metrics::new());
     let conf = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -129,7 +152,7 @@ async fn demo(args: DemoArgs, duration: Duration) -> Result<(), CliError> {
         .build();
     let ec2 = SdkEc2::new(
         aws_sdk_ec2::Client::from_conf(conf),
-        Limiter::new(cfg.ec2_api_qps, cfg.ec2_api_burst),
+        cfg.limiter.limiter(),
         metrics.clone(),
     );
     println!(
@@ -146,23 +169,17 @@ async fn demo(args: DemoArgs, duration: Duration) -> Result<(), CliError> {
         cfg.release_delay
     );
     let agent_settle = cfg.pool.cooldown + cfg.release_delay + Duration::from_secs(3);
-    let agent = crate::agent::start(
-        cfg,
-        ec2,
-        instance.parse().expect("mock ids are valid"),
-        metrics,
-    )
-    .await?;
+    let agent = AgentBuilder::new(cfg, ec2, instance.parse().expect("mock ids are valid"))
+        .metrics(metrics)
+        .start()
+        .await?;
     agent
         .wait_ready(Duration::from_secs(30))
         .await
-        .map_err(|why| CliError::Status {
-            addr: agent.introspection_addr,
-            why,
-        })?;
+        .map_err(DemoError::NotReady)?;
+    let ia = agent.introspection_addr();
     println!(
-        "agent ready; introspection on http://{} (try `prefixd status --introspection {}`)\n",
-        agent.introspection_addr, agent.introspection_addr
+        "agent ready; introspection on http://{ia} (try `prefixd status --introspection {ia}`)\n"
     );
     println!(
         "{:>5} {:>5} {:>5} {:>9} {:>9} {:>8} {:>5} {:>8} {:>7}  mode",
@@ -188,40 +205,26 @@ async fn demo(args: DemoArgs, duration: Duration) -> Result<(), CliError> {
         if churn_done.is_some_and(|t| t.elapsed() >= settle) {
             break;
         }
-        if let Ok(v) = agent.pool.view().await {
-            let (mut prefixes, mut a, mut c, mut t) = (0, 0, 0, 0);
-            for e in &v.enis {
-                for p in &e.prefixes {
-                    prefixes += 1;
-                    t += 16;
-                    a += p.assigned;
-                    c += p.cooling;
-                }
-                for ip in &e.secondary_ips {
-                    t += 1;
-                    a += (ip.state == "assigned") as u32;
-                    c += (ip.state == "cooling") as u32;
-                }
-            }
-            let stats = mock.stats();
+        if let Ok(v) = agent.pool.inventory().await {
+            let t = v.totals();
             println!(
                 "{:>4}s {:>5} {:>5} {:>9} {:>9} {:>8} {:>5} {:>8} {:>7}  {}",
                 start.elapsed().as_secs(),
                 v.allocations.len(),
                 v.enis.len(),
-                prefixes,
-                a,
-                c,
-                t - a - c,
-                v.pending,
-                stats.mutating_calls(),
+                t.prefixes,
+                t.assigned,
+                t.cooling,
+                t.free(),
+                agent.pool.pending(),
+                mock.stats().mutating_calls(),
                 agent.status.view().mode
             );
         }
     }
     let report = driver.await.expect("churn thread")?;
     let stats = mock.stats();
-    let view = agent.pool.view().await.ok();
+    let view = agent.pool.inventory().await.ok();
     println!("\nsummary");
     let mut lat = report.add_latencies.clone();
     lat.sort();
@@ -241,7 +244,8 @@ async fn demo(args: DemoArgs, duration: Duration) -> Result<(), CliError> {
     let calls: BTreeMap<_, _> = stats
         .calls
         .iter()
-        .filter(|(a, _)| !a.starts_with("Describe"))
+        .filter(|(a, _)| a.is_mutating())
+        .map(|(a, n)| (a.name(), n))
         .collect();
     println!(
         "  EC2 calls: {} in all, {} mutating: {:?}",
@@ -253,9 +257,9 @@ async fn demo(args: DemoArgs, duration: Duration) -> Result<(), CliError> {
         println!(
             "  pool now: {} ENIs, {} prefixes, {} pods; {} checkpoint writes",
             v.enis.len(),
-            v.enis.iter().map(|e| e.prefixes.len()).sum::<usize>(),
+            v.totals().prefixes,
             v.allocations.len(),
-            v.checkpoint_writes
+            agent.pool.checkpoint_writes()
         );
     }
     if let Some(p) = agent.status.view().last_plan {
@@ -281,7 +285,7 @@ fn churn(
     peak: u32,
     duration: Duration,
     seed: u64,
-) -> Result<ChurnReport, CliError> {
+) -> Result<ChurnReport, DemoError> {
     let mut rng = crate::core::rng::XorShift64::new(seed);
     let start = Instant::now();
     let mut live: Vec<PodKey> = Vec::new();
@@ -294,10 +298,6 @@ fn churn(
         add_latencies: Vec::new(),
         distinct: 0,
         conflicts: 0,
-    };
-    let err = |e: ipc::ClientError| CliError::Status {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        why: e.to_string(),
     };
     while start.elapsed() < duration {
         let phase = start.elapsed().as_secs_f64() / duration.as_secs_f64();
@@ -312,7 +312,7 @@ fn churn(
         if live.len() > target || churn_now {
             let i = (rng.next_u64() % live.len() as u64) as usize;
             let key = live.swap_remove(i);
-            ipc::call(socket, Op::Del { key: key.clone() }, Duration::from_secs(5)).map_err(err)?;
+            ipc::call(socket, Op::Del { key: key.clone() }, Duration::from_secs(5))?;
             holder.retain(|_, k| *k != key);
             r.dels += 1;
         }
@@ -329,8 +329,7 @@ fn churn(
                     timeout_ms: 30_000,
                 },
                 Duration::from_secs(35),
-            )
-            .map_err(err)?;
+            )?;
             r.add_latencies.push(t.elapsed());
             r.adds += 1;
             match (reply.address, reply.error) {

@@ -10,7 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::ec2::ErrorClass;
+use crate::core::inventory::Totals;
+use crate::ec2::{Action, ErrorClass};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionResult {
@@ -31,6 +32,13 @@ struct StateLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabel {
     decision: String,
+}
+
+/// Registers each `name => metric, help;` (a clone of the metric: they share their values).
+macro_rules! register {
+    ($registry:ident; $($name:literal => $metric:expr, $help:literal;)*) => {
+        $( $registry.register($name, $help, $metric.clone()); )*
+    };
 }
 
 fn latency_histogram() -> Histogram {
@@ -83,67 +91,21 @@ impl Metrics {
             leaked_enis_deleted: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "addresses",
-            "Pod addresses by state (total, assigned, cooling, free)",
-            m.addresses.clone(),
-        );
-        registry.register("prefixes", "Attached /28 prefixes", m.prefixes.clone());
-        registry.register(
-            "secondary_ips",
-            "Attached secondary /32 addresses",
-            m.secondary_ips.clone(),
-        );
-        registry.register("enis", "Attached ENIs", m.enis.clone());
-        registry.register(
-            "pending_adds",
-            "ADD requests waiting for an address",
-            m.pending.clone(),
-        );
-        registry.register(
-            "add_latency_seconds",
-            "Time from an ADD request to its answer",
-            m.add_latency.clone(),
-        );
-        registry.register(
-            "ec2_calls",
-            "EC2 calls by action and result (ok or error class)",
-            m.ec2_calls.clone(),
-        );
-        registry.register(
-            "ec2_call_duration_seconds",
-            "EC2 call latency by action",
-            m.ec2_latency.clone(),
-        );
-        registry.register(
-            "planner_decisions",
-            "Planner decisions (grow, release, steady, at_capacity)",
-            m.decisions.clone(),
-        );
-        registry.register(
-            "fallback_active",
-            "1 while secondary addresses are used because no prefix can be had",
-            m.fallback.clone(),
-        );
-        registry.register(
-            "prefix_delegation_unsupported",
-            "1 when the EC2 endpoint assigned no prefix for an Assign that succeeded",
-            m.prefix_unsupported.clone(),
-        );
-        registry.register(
-            "checkpoint_write_seconds",
-            "Checkpoint write latency (write, fsync, rename)",
-            m.checkpoint_latency.clone(),
-        );
-        registry.register(
-            "dropped_allocations",
-            "Allocations dropped because their address left every attached prefix",
-            m.dropped_allocations.clone(),
-        );
-        registry.register(
-            "leaked_enis_deleted",
-            "Leaked available ENIs deleted by the sweep",
-            m.leaked_enis_deleted.clone(),
+        register!(registry;
+            "addresses" => m.addresses, "Pod addresses by state (total, assigned, cooling, free)";
+            "prefixes" => m.prefixes, "Attached /28 prefixes";
+            "secondary_ips" => m.secondary_ips, "Attached secondary /32 addresses";
+            "enis" => m.enis, "Attached ENIs";
+            "pending_adds" => m.pending, "ADD requests waiting for an address";
+            "add_latency_seconds" => m.add_latency, "Time from an ADD request to its answer";
+            "ec2_calls" => m.ec2_calls, "EC2 calls by action and result (ok or error class)";
+            "ec2_call_duration_seconds" => m.ec2_latency, "EC2 call latency by action";
+            "planner_decisions" => m.decisions, "Planner decisions (grow, release, steady, at_capacity)";
+            "fallback_active" => m.fallback, "1 while secondary addresses are used because no prefix can be had";
+            "prefix_delegation_unsupported" => m.prefix_unsupported, "1 when the EC2 endpoint assigned no prefix for an Assign that succeeded";
+            "checkpoint_write_seconds" => m.checkpoint_latency, "Checkpoint write latency (write, fsync, rename)";
+            "dropped_allocations" => m.dropped_allocations, "Allocations dropped because their address left every attached prefix";
+            "leaked_enis_deleted" => m.leaked_enis_deleted, "Leaked available ENIs deleted by the sweep";
         );
         Self { registry, ..m }
     }
@@ -156,38 +118,26 @@ impl Metrics {
     }
 
     /// One EC2 call.
-    pub fn ec2_call(&self, action: &str, error: Option<ErrorClass>, took: Duration) {
+    pub fn ec2_call(&self, action: Action, error: Option<ErrorClass>, took: Duration) {
         let result = error.map_or("ok", ErrorClass::as_str).to_owned();
-        self.ec2_calls
-            .get_or_create(&ActionResult {
-                action: action.to_owned(),
-                result,
-            })
-            .inc();
+        let action = action.name().to_owned();
         self.ec2_latency
             .get_or_create(&ActionLabel {
-                action: action.to_owned(),
+                action: action.clone(),
             })
             .observe(took.as_secs_f64());
+        self.ec2_calls
+            .get_or_create(&ActionResult { action, result })
+            .inc();
     }
 
     /// The pool's sizes.
-    #[allow(clippy::too_many_arguments)]
-    pub fn pool(
-        &self,
-        total: u32,
-        assigned: u32,
-        cooling: u32,
-        prefixes: u32,
-        secondary: u32,
-        enis: u32,
-        pending: u32,
-    ) {
+    pub fn pool(&self, t: Totals, enis: u32, pending: u32) {
         for (state, v) in [
-            ("total", total),
-            ("assigned", assigned),
-            ("cooling", cooling),
-            ("free", total.saturating_sub(assigned + cooling)),
+            ("total", t.addresses),
+            ("assigned", t.assigned),
+            ("cooling", t.cooling),
+            ("free", t.free()),
         ] {
             self.addresses
                 .get_or_create(&StateLabel {
@@ -195,8 +145,8 @@ impl Metrics {
                 })
                 .set(i64::from(v));
         }
-        self.prefixes.set(i64::from(prefixes));
-        self.secondary_ips.set(i64::from(secondary));
+        self.prefixes.set(i64::from(t.prefixes));
+        self.secondary_ips.set(i64::from(t.secondary_ips));
         self.enis.set(i64::from(enis));
         self.pending.set(i64::from(pending));
     }

@@ -1,15 +1,20 @@
-//! The agent against the mock EC2 over HTTP (real aws-sdk-ec2 client), driven through its real
-//! socket as the CNI plugin drives it.
+//! The agent against the mock EC2.
+//!
+//! Where a test is about the pool's behaviour over time — cooldowns, RELEASE_DELAY, backoff, the
+//! limiter — it runs on tokio's paused clock against the mock's account directly (no HTTP), with
+//! the pool inline: exact and quick. Where it is about the real paths — the SDK over HTTP, the
+//! plugin socket, the HTTP endpoints — it runs on real time through them.
 
 mod common;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{add, del, eventually, http_async, start_agent, start_agent_in, start_mock};
+use common::{PausedAgent, add, eventually, http_async, paused_agent, start_agent, start_mock};
 use ipnet::Ipv4Net;
-use prefixd::mock::control::{ErrorRateSpec, FaultSpec};
+use prefixd::ec2::Action;
+use prefixd::mock::control::ErrorRateSpec;
 
 const NODE: &str = r#"{
   "vpcs": [{ "cidr": "10.0.0.0/16", "subnets": [{ "name": "nodes", "cidr": "10.0.0.0/20" }] }],
@@ -22,8 +27,8 @@ const FRAGMENTED: &str = r#"{
 }"#;
 
 /// (ENIs attached to the instance, prefixes on them, `available` ENIs) as EC2 sees them.
-fn ec2_view(mock: &prefixd::mock::MockServer, instance: &str) -> (usize, usize, usize) {
-    mock.with_model(|m| {
+fn ec2_view(account: &prefixd::mock::Account, instance: &str) -> (usize, usize, usize) {
+    account.read(|m| {
         let enis = m.enis_of(instance);
         let prefixes = enis.iter().map(|e| e.prefixes.len()).sum();
         let available = m.enis.values().filter(|e| e.attachment.is_none()).count();
@@ -31,202 +36,186 @@ fn ec2_view(mock: &prefixd::mock::MockServer, instance: &str) -> (usize, usize, 
     })
 }
 
-async fn free_prefixes(a: &common::TestAgent) -> usize {
-    let v = a.agent.pool.view().await.unwrap();
+async fn free_prefixes(pool: &prefixd::agent::pool::PoolHandle) -> usize {
+    let v = pool.inventory().await.unwrap();
     v.enis
         .iter()
         .flat_map(|e| e.prefixes.iter())
-        .filter(|p| p.assigned == 0 && p.cooling == 0)
+        .filter(|p| !p.in_use())
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cold_start_reaches_warm_prefix_target_with_one_assign() {
-    let mock = start_mock(NODE).await;
-    let node = mock.id("node").unwrap().to_owned();
-    let a = start_agent(&mock, &node, &[]).await;
-    eventually(10, "one wholly free prefix", async || {
-        free_prefixes(&a).await == 1
+impl common::PausedAgent {
+    fn view(&self) -> (usize, usize, usize) {
+        ec2_view(&self.account, &self.id("node"))
+    }
+}
+
+async fn warm(a: &PausedAgent, n: usize) {
+    a.until(20, &format!("{n} free prefixes"), async || {
+        free_prefixes(&a.agent.pool).await == n
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cold_start_reaches_warm_prefix_target_with_one_assign() {
+    let a = paused_agent(NODE, &[]).await;
+    warm(&a, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stats = mock.stats();
-    assert_eq!(stats.calls_of("AssignPrivateIpAddresses"), 1, "{stats:?}");
-    assert_eq!(stats.calls_of("CreateNetworkInterface"), 0);
-    assert_eq!(ec2_view(&mock, &node), (1, 1, 0));
+    let stats = a.stats();
+    assert_eq!(
+        stats.calls_of(Action::AssignPrivateIpAddresses),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(stats.calls_of(Action::CreateNetworkInterface), 0);
+    assert_eq!(a.view(), (1, 1, 0));
     // An ADD is served from it, with no EC2 call.
-    let r = add(&a.socket, "c1", 5_000).await;
-    let addr = r.address.expect("an address");
+    let addr = a.add("c1", 5_000).await.expect("an address");
     let net: Ipv4Net = "10.0.0.0/20".parse().unwrap();
     assert!(net.contains(&addr));
     // Idempotent.
-    assert_eq!(add(&a.socket, "c1", 5_000).await.address, Some(addr));
-    a.agent.shutdown().await.unwrap();
+    assert_eq!(a.add("c1", 5_000).await.unwrap(), addr);
+    assert_eq!(a.stats().mutating_calls(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn burst_of_200_adds_fills_the_primary_then_a_second_eni_and_dels_release_the_excess() {
-    let mock = start_mock(NODE).await;
-    let node = mock.id("node").unwrap().to_owned();
-    let a = start_agent(
-        &mock,
-        &node,
-        &[
-            "--max-pods",
-            "250",
-            "--release-delay",
-            "1s",
-            "--ip-cooldown-period",
-            "1s",
-        ],
-    )
-    .await;
-    eventually(10, "warm pool", async || free_prefixes(&a).await == 1).await;
-
+    let a = std::sync::Arc::new(
+        paused_agent(
+            NODE,
+            &[
+                ("MAX_PODS", "250"),
+                ("RELEASE_DELAY", "1s"),
+                ("IP_COOLDOWN_PERIOD", "1s"),
+            ],
+        )
+        .await,
+    );
+    warm(&a, 1).await;
+    let node = a.id("node");
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let s = a.socket.clone();
+        let a = a.clone();
         tasks.push(tokio::spawn(async move {
-            add(&s, &format!("pod{i}"), 30_000).await
+            a.add(&format!("pod{i}"), 30_000).await
         }));
     }
     let mut addrs = HashSet::new();
     for t in tasks {
-        let r = t.await.unwrap();
-        assert!(r.error.is_none(), "{:?}", r.error);
-        assert!(addrs.insert(r.address.unwrap()), "an address given twice");
+        let addr = t.await.unwrap().expect("an address");
+        assert!(addrs.insert(addr), "an address given twice");
     }
     assert_eq!(addrs.len(), 200);
-    let (enis, prefixes, available) = ec2_view(&mock, &node);
+    let (enis, prefixes, available) = a.view();
     assert_eq!(enis, 2, "the primary filled, then one more ENI");
     assert!(prefixes >= 13, "{prefixes} prefixes for 200 pods");
     assert_eq!(available, 0);
-    let primary_prefixes =
-        mock.with_model(|m| m.enis[&m.instances[&node].primary_eni].prefixes.len());
+    let primary_prefixes = a
+        .account
+        .read(|m| m.enis[&m.instances[&node].primary_eni].prefixes.len());
     assert_eq!(
         primary_prefixes, 9,
         "m5.large: 10 slots, the primary address takes one"
     );
-    let stats = mock.stats();
-    assert_eq!(stats.calls_of("CreateNetworkInterface"), 1);
-    assert_eq!(stats.calls_of("AttachNetworkInterface"), 1);
+    let stats = a.stats();
+    assert_eq!(stats.calls_of(Action::CreateNetworkInterface), 1);
+    assert_eq!(stats.calls_of(Action::AttachNetworkInterface), 1);
 
     // Everything goes; after the cooldown and RELEASE_DELAY the excess is released, the second
     // ENI with it.
     for i in 0..200 {
-        let r = del(&a.socket, &format!("pod{i}")).await;
-        assert_eq!(r.released, Some(1));
+        assert!(a.del(&format!("pod{i}")).await);
     }
-    assert_eq!(
-        del(&a.socket, "pod0").await.released,
-        Some(0),
-        "DEL is idempotent"
-    );
-    eventually(20, "release down to WARM_PREFIX_TARGET", async || {
-        ec2_view(&mock, &node) == (1, 1, 0)
+    assert!(!a.del("pod0").await, "DEL is idempotent");
+    a.until(20, "release down to WARM_PREFIX_TARGET", async || {
+        a.view() == (1, 1, 0)
     })
     .await;
-    let stats = mock.stats();
-    assert_eq!(stats.calls_of("DeleteNetworkInterface"), 1);
-    assert!(stats.calls_of("UnassignPrivateIpAddresses") >= 1);
-    a.agent.shutdown().await.unwrap();
+    let stats = a.stats();
+    assert_eq!(stats.calls_of(Action::DeleteNetworkInterface), 1);
+    assert!(stats.calls_of(Action::UnassignPrivateIpAddresses) >= 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn injected_throttling_on_every_action_converges_within_the_limiter() {
-    let mock = start_mock(NODE).await;
-    let node = mock.id("node").unwrap().to_owned();
+    let built = NODE;
+    let a = std::sync::Arc::new(
+        paused_agent(built, &[("EC2_API_QPS", "4"), ("EC2_API_BURST", "4")]).await,
+    );
     for action in prefixd::mock::actions::ACTIONS {
-        mock.with_control(|c| {
+        a.account.with_control(|c| {
             c.set_error_rate(ErrorRateSpec {
-                action: action.to_string(),
+                action: *action,
                 rate: 0.3,
                 code: "RequestLimitExceeded".into(),
             })
         });
     }
-    let start = Instant::now();
-    // SDK retries off, so that every HTTP call is one the limiter let through.
-    let dir = tempfile::tempdir().unwrap();
-    let a = start_agent_in(
-        &mock,
-        &node,
-        &["--ec2-api-qps", "4", "--ec2-api-burst", "4"],
-        dir,
-        1,
-    )
-    .await;
+    let start = tokio::time::Instant::now();
+    let mutating_before = a.stats().mutating_calls();
     let mut tasks = Vec::new();
     for i in 0..40 {
-        let s = a.socket.clone();
+        let a = a.clone();
         tasks.push(tokio::spawn(async move {
-            add(&s, &format!("t{i}"), 30_000).await
+            a.add(&format!("t{i}"), 30_000).await
         }));
     }
     for t in tasks {
-        let r = t.await.unwrap();
-        assert!(r.address.is_some(), "{:?}", r.error);
+        t.await.unwrap().expect("an address");
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let stats = mock.stats();
+    let stats = a.stats();
     let injected: u64 = stats
         .errors
         .values()
         .flat_map(|m| m.get("RequestLimitExceeded"))
         .sum();
     assert!(injected > 0, "nothing was throttled: {stats:?}");
-    let mutating = stats.mutating_calls() as f64;
+    // Every mutating call went through the limiter: burst 4, then 4 per second.
+    let mutating = (stats.mutating_calls() - mutating_before) as f64;
     assert!(
         mutating <= 4.0 + 4.0 * elapsed + 1.0,
         "{mutating} mutating calls in {elapsed:.1} s exceed the limiter (burst 4, 4/s)"
     );
-    a.agent.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn failed_attach_leaves_no_eni() {
-    let mock = start_mock(NODE).await;
-    let node = mock.id("node").unwrap().to_owned();
-    mock.with_control(|c| {
-        c.add_fault(FaultSpec {
-            action: "AttachNetworkInterface".into(),
-            fail_next: 1,
-            code: "InternalError".into(),
-            message: None,
-        })
-    });
+    let scenario = r#"{
+      "vpcs": [{ "cidr": "10.0.0.0/16", "subnets": [{ "name": "nodes", "cidr": "10.0.0.0/20" }] }],
+      "instances": [{ "name": "node", "type": "m5.large", "subnet": "nodes" }],
+      "faults": [{ "action": "AttachNetworkInterface", "fail_next": 1, "code": "InternalError" }]
+    }"#;
     // 12 free prefixes: 9 on the primary, then a new ENI, whose first attach fails.
-    let a = start_agent(
-        &mock,
-        &node,
-        &["--warm-prefix-target", "12", "--max-pods", "250"],
+    let a = paused_agent(
+        scenario,
+        &[("WARM_PREFIX_TARGET", "12"), ("MAX_PODS", "250")],
     )
     .await;
-    eventually(20, "12 free prefixes", async || {
-        free_prefixes(&a).await == 12
-    })
-    .await;
-    let stats = mock.stats();
-    assert_eq!(stats.errors["AttachNetworkInterface"]["InternalError"], 1);
-    assert_eq!(stats.calls_of("CreateNetworkInterface"), 2);
+    warm(&a, 12).await;
+    let stats = a.stats();
+    assert_eq!(
+        stats.errors_of(Action::AttachNetworkInterface, "InternalError"),
+        1
+    );
+    assert_eq!(stats.calls_of(Action::CreateNetworkInterface), 2);
     assert!(
-        stats.calls_of("DeleteNetworkInterface") >= 1,
+        stats.calls_of(Action::DeleteNetworkInterface) >= 1,
         "the half-made ENI was deleted"
     );
-    let (enis, prefixes, available) = ec2_view(&mock, &node);
-    assert_eq!((enis, prefixes, available), (2, 12, 0), "no ENI leaked");
-    a.agent.shutdown().await.unwrap();
+    assert_eq!(a.view(), (2, 12, 0), "no ENI leaked");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn fragmented_subnet_falls_back_to_secondary_addresses() {
-    let mock = start_mock(FRAGMENTED).await;
-    let node = mock.id("node").unwrap().to_owned();
-    let a = start_agent(&mock, &node, &[]).await;
-    let r = add(&a.socket, "pod", 20_000).await;
-    let addr = r.address.unwrap_or_else(|| panic!("{:?}", r.error));
-    let secondary: Vec<Ipv4Addr> =
-        mock.with_model(|m| m.enis[&m.instances[&node].primary_eni].secondary.clone());
+    let a = paused_agent(FRAGMENTED, &[]).await;
+    let addr = a.add("pod", 20_000).await.expect("an address");
+    let node = a.id("node");
+    let secondary: Vec<Ipv4Addr> = a
+        .account
+        .read(|m| m.enis[&m.instances[&node].primary_eni].secondary.clone());
     assert!(
         secondary.contains(&addr),
         "{addr} is a /32 secondary address"
@@ -234,10 +223,78 @@ async fn fragmented_subnet_falls_back_to_secondary_addresses() {
     let st = a.agent.status.view();
     assert!(st.fallback_active, "{st:?}");
     assert_eq!(st.mode, "secondary_ip");
-    let stats = mock.stats();
-    assert!(stats.errors["AssignPrivateIpAddresses"]["InsufficientCidrBlocks"] >= 1);
-    a.agent.shutdown().await.unwrap();
+    let stats = a.stats();
+    assert!(stats.errors_of(Action::AssignPrivateIpAddresses, "InsufficientCidrBlocks") >= 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn new_enis_go_to_the_pod_subnet_with_room_moving_on_after_insufficient_cidr() {
+    let scenario = r#"{
+      "vpcs": [{ "cidr": "10.0.0.0/16", "subnets": [
+          { "name": "nodes", "cidr": "10.0.0.0/20" },
+          { "name": "pods-a", "cidr": "10.0.16.0/20", "fragment": true },
+          { "name": "pods-b", "cidr": "10.0.32.0/24" }
+      ]}],
+      "instances": [{ "name": "node", "type": "m5.large", "subnet": "nodes" }]
+    }"#;
+    let names = prefixd::mock::Scenario::parse(scenario, "t")
+        .unwrap()
+        .build("t")
+        .unwrap()
+        .names;
+    let (a_id, b_id) = (names["pods-a"].clone(), names["pods-b"].clone());
+    let subnets = format!("{a_id},{b_id}");
+    // 12 free prefixes: 9 on the primary, the rest on a new ENI. pods-a has the most free
+    // addresses but no free /28, so the ENI goes to pods-b.
+    let a = paused_agent(
+        scenario,
+        &[
+            ("WARM_PREFIX_TARGET", "12"),
+            ("MAX_PODS", "250"),
+            ("POD_SUBNET_IDS", &subnets),
+        ],
+    )
+    .await;
+    warm(&a, 12).await;
+    let node = a.id("node");
+    let subnets_of_enis: Vec<String> = a
+        .account
+        .read(|m| m.enis_of(&node).iter().map(|e| e.subnet.clone()).collect());
+    assert_eq!(subnets_of_enis.len(), 2);
+    assert_eq!(subnets_of_enis[1], b_id, "the new ENI is in pods-b");
+    assert_eq!(
+        a.stats()
+            .errors_of(Action::CreateNetworkInterface, "InsufficientCidrBlocks"),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn limit_exceeded_makes_the_agent_resync_before_acting_again() {
+    let scenario = r#"{
+      "vpcs": [{ "cidr": "10.0.0.0/16", "subnets": [{ "name": "nodes", "cidr": "10.0.0.0/20" }] }],
+      "instances": [{ "name": "node", "type": "m5.large", "subnet": "nodes" }],
+      "faults": [{ "action": "AssignPrivateIpAddresses", "fail_next": 1, "code": "PrivateIpAddressLimitExceeded" }]
+    }"#;
+    let a = paused_agent(scenario, &[("RECONCILE_INTERVAL", "1h")]).await;
+    let describes_at_start = a.stats().calls_of(Action::DescribeNetworkInterfaces);
+    warm(&a, 1).await;
+    let stats = a.stats();
+    assert_eq!(
+        stats.errors_of(
+            Action::AssignPrivateIpAddresses,
+            "PrivateIpAddressLimitExceeded"
+        ),
+        1
+    );
+    // With an hour between scheduled resyncs, the extra Describe is the forced resync.
+    assert!(
+        stats.calls_of(Action::DescribeNetworkInterfaces) > describes_at_start,
+        "no resync after PrivateIpAddressLimitExceeded: {stats:?}"
+    );
+}
+
+// ---- real time: the SDK over HTTP, the socket, the HTTP endpoints ------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_provisioning_never_changes_ec2() {
@@ -246,7 +303,7 @@ async fn disabled_provisioning_never_changes_ec2() {
     let a = start_agent(
         &mock,
         &node,
-        &["--disable-network-resource-provisioning", "true"],
+        &[("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true")],
     )
     .await;
     let r = add(&a.socket, "pod", 300).await;
@@ -260,9 +317,12 @@ async fn introspection_metrics_and_status_table() {
     let mock = start_mock(NODE).await;
     let node = mock.id("node").unwrap().to_owned();
     let a = start_agent(&mock, &node, &[]).await;
-    eventually(10, "warm pool", async || free_prefixes(&a).await == 1).await;
+    eventually(10, "warm pool", async || {
+        free_prefixes(&a.agent.pool).await == 1
+    })
+    .await;
     add(&a.socket, "c1", 5_000).await;
-    let ia = a.agent.introspection_addr;
+    let ia = a.agent.introspection_addr();
     let (s, body) = http_async(ia, "GET", "/v1/pool", vec![], String::new()).await;
     assert_eq!(s, 200);
     let snap: prefixd::core::PoolSnapshot = serde_json::from_str(&body).unwrap();
@@ -280,7 +340,7 @@ async fn introspection_metrics_and_status_table() {
     assert_eq!(s, 200);
     assert!(cfg.contains("\"warm_prefix_target\":1"), "{cfg}");
     let (s, m) = http_async(
-        a.agent.metrics_addr,
+        a.agent.metrics_addr(),
         "GET",
         "/metrics",
         vec![],
@@ -316,56 +376,6 @@ async fn introspection_metrics_and_status_table() {
     assert!(
         table.contains("total 16 addresses: 1 assigned, 0 cooling, 15 free"),
         "{table}"
-    );
-    a.agent.shutdown().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_enis_go_to_the_pod_subnet_with_room_moving_on_after_insufficient_cidr() {
-    let mock = start_mock(
-        r#"{
-      "vpcs": [{ "cidr": "10.0.0.0/16", "subnets": [
-          { "name": "nodes", "cidr": "10.0.0.0/20" },
-          { "name": "pods-a", "cidr": "10.0.16.0/20", "fragment": true },
-          { "name": "pods-b", "cidr": "10.0.32.0/24" }
-      ]}],
-      "instances": [{ "name": "node", "type": "m5.large", "subnet": "nodes" }]
-    }"#,
-    )
-    .await;
-    let node = mock.id("node").unwrap().to_owned();
-    let (a_id, b_id) = (
-        mock.id("pods-a").unwrap().to_owned(),
-        mock.id("pods-b").unwrap().to_owned(),
-    );
-    let subnets = format!("{a_id},{b_id}");
-    // 12 free prefixes: 9 on the primary, the rest on a new ENI. pods-a has the most free
-    // addresses but no free /28, so the ENI goes to pods-b.
-    let a = start_agent(
-        &mock,
-        &node,
-        &[
-            "--warm-prefix-target",
-            "12",
-            "--max-pods",
-            "250",
-            "--pod-subnet-ids",
-            &subnets,
-        ],
-    )
-    .await;
-    eventually(20, "12 free prefixes", async || {
-        free_prefixes(&a).await == 12
-    })
-    .await;
-    let subnets_of_enis: Vec<String> =
-        mock.with_model(|m| m.enis_of(&node).iter().map(|e| e.subnet.clone()).collect());
-    assert_eq!(subnets_of_enis.len(), 2);
-    assert_eq!(subnets_of_enis[1], b_id, "the new ENI is in pods-b");
-    let stats = mock.stats();
-    assert_eq!(
-        stats.errors["CreateNetworkInterface"]["InsufficientCidrBlocks"],
-        1
     );
     a.agent.shutdown().await.unwrap();
 }
@@ -409,7 +419,7 @@ async fn leaked_enis_are_swept() {
     });
     let a = start_agent(&mock, &node, &[]).await;
     eventually(10, "the sweep", async || {
-        mock.stats().calls_of("DeleteNetworkInterface") >= 2
+        mock.stats().calls_of(Action::DeleteNetworkInterface) >= 2
     })
     .await;
     let left: Vec<String> = mock.with_model(|m| m.enis.keys().cloned().collect());
@@ -422,7 +432,7 @@ async fn leaked_enis_are_swept() {
         "the rest kept"
     );
     let (_, m) = http_async(
-        a.agent.metrics_addr,
+        a.agent.metrics_addr(),
         "GET",
         "/metrics",
         vec![],
@@ -476,32 +486,42 @@ async fn socket_is_0600_and_refuses_non_root_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limit_exceeded_makes_the_agent_resync_before_acting_again() {
+async fn the_sdk_over_http_grows_and_releases_through_the_socket() {
+    // The paused-time tests reach the mock directly; this one takes the real path end to end:
+    // aws-sdk-ec2 over HTTP, the plugin socket, growth past the primary ENI and release.
     let mock = start_mock(NODE).await;
     let node = mock.id("node").unwrap().to_owned();
-    mock.with_control(|c| {
-        c.add_fault(FaultSpec {
-            action: "AssignPrivateIpAddresses".into(),
-            fail_next: 1,
-            code: "PrivateIpAddressLimitExceeded".into(),
-            message: None,
-        })
-    });
-    let a = start_agent(&mock, &node, &["--reconcile-interval", "1h"]).await;
-    let describes_at_start = mock.stats().calls_of("DescribeNetworkInterfaces");
-    eventually(15, "one wholly free prefix", async || {
-        free_prefixes(&a).await == 1
+    let a = start_agent(
+        &mock,
+        &node,
+        &[
+            ("MAX_PODS", "250"),
+            ("RELEASE_DELAY", "1s"),
+            ("IP_COOLDOWN_PERIOD", "1s"),
+        ],
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..160 {
+        let s = a.socket.clone();
+        tasks.push(tokio::spawn(async move {
+            add(&s, &format!("pod{i}"), 30_000).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.error.is_none(), "{:?}", r.error);
+    }
+    assert_eq!(ec2_view(mock.account(), &node).0, 2);
+    for i in 0..160 {
+        assert_eq!(
+            common::del(&a.socket, &format!("pod{i}")).await.released,
+            Some(1)
+        );
+    }
+    eventually(20, "release down to WARM_PREFIX_TARGET", async || {
+        ec2_view(mock.account(), &node) == (1, 1, 0)
     })
     .await;
-    let stats = mock.stats();
-    assert_eq!(
-        stats.errors["AssignPrivateIpAddresses"]["PrivateIpAddressLimitExceeded"],
-        1
-    );
-    // With an hour between scheduled resyncs, the extra Describe is the forced resync.
-    assert!(
-        stats.calls_of("DescribeNetworkInterfaces") > describes_at_start,
-        "no resync after PrivateIpAddressLimitExceeded: {stats:?}"
-    );
     a.agent.shutdown().await.unwrap();
 }

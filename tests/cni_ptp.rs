@@ -146,7 +146,7 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     preconditions();
     let mock = start_mock(NODE).await;
     let node = mock.id("node").unwrap().to_owned();
-    let a = start_agent(&mock, &node, &["--ip-cooldown-period", "1s"]).await;
+    let a = start_agent(&mock, &node, &[("IP_COOLDOWN_PERIOD", "1s")]).await;
     let work = tempfile::tempdir().unwrap();
     let path = cni_path(work.path());
     let conf = json!({

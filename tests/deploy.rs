@@ -27,9 +27,9 @@ fn iam_policy_grants_exactly_the_actions_the_adapter_calls() {
             granted.insert(a.strip_prefix("ec2:").expect("only ec2 actions").to_owned());
         }
     }
-    let used: std::collections::BTreeSet<String> = prefixd::ec2::ACTIONS
+    let used: std::collections::BTreeSet<String> = prefixd::ec2::Action::AGENT
         .iter()
-        .map(|s| s.to_string())
+        .map(|a| a.name().to_owned())
         .collect();
     let missing: Vec<_> = used.difference(&granted).collect();
     let extra: Vec<_> = granted.difference(&used).collect();
@@ -45,28 +45,28 @@ fn iam_policy_grants_exactly_the_actions_the_adapter_calls() {
 
 #[test]
 fn the_adapter_calls_only_listed_actions() {
-    // Every action named in the SDK adapter is in ACTIONS (and so in the policy).
+    // Every action the SDK adapter names is in Action::AGENT (and so in the policy), and it
+    // names them all.
     let src = std::fs::read_to_string("src/ec2/sdk.rs").unwrap();
-    for line in src.lines() {
-        for quoted in line.split('"').skip(1).step_by(2) {
-            if quoted
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_uppercase())
-                && quoted.chars().all(|c| c.is_ascii_alphanumeric())
-                && [
-                    "Describe", "Create", "Attach", "Detach", "Delete", "Modify", "Assign",
-                    "Unassign",
-                ]
-                .iter()
-                .any(|p| quoted.starts_with(p))
-            {
-                assert!(
-                    prefixd::ec2::ACTIONS.contains(&quoted),
-                    "{quoted} is called but not in ACTIONS"
-                );
-            }
-        }
+    let mut named = std::collections::BTreeSet::new();
+    for part in src.split("Action::").skip(1) {
+        let name: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let action: prefixd::ec2::Action = name.parse().unwrap();
+        assert!(
+            prefixd::ec2::Action::AGENT.contains(&action),
+            "{name} is called but not in Action::AGENT"
+        );
+        named.insert(action);
+    }
+    for a in prefixd::ec2::Action::AGENT {
+        // CreateTags is never called itself: tagging on create (TagSpecification) needs it.
+        assert!(
+            named.contains(a) || *a == prefixd::ec2::Action::CreateTags,
+            "Action::AGENT lists {a}, the adapter never calls it"
+        );
     }
 }
 
@@ -114,4 +114,48 @@ fn install_cni_copies_plugin_and_conflist_atomically() {
         .unwrap();
     assert!(!out.status.success());
     assert!(!dir.path().join("net2").exists());
+}
+
+/// The symbols of a binary, demangled (binutils' nm).
+fn symbols(binary: &str) -> String {
+    let out = std::process::Command::new("nm")
+        .args(["-C", binary])
+        .output()
+        .expect("nm (binutils) lists a binary's symbols");
+    assert!(out.status.success(), "nm {binary} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_plugin_links_no_async_runtime_no_aws_sdk_and_no_http_stack() {
+    // prefixd-cni is exec'd for every pod: it carries the socket client, the CNI logic and the
+    // kernel calls, nothing of the agent's runtime. The agent binary is the control: the same
+    // check finds those crates there.
+    let plugin = symbols(env!("CARGO_BIN_EXE_prefixd-cni"));
+    let agent = symbols(env!("CARGO_BIN_EXE_prefixd"));
+    for krate in [
+        "tokio::",
+        "aws_sdk_ec2::",
+        "aws_smithy",
+        "hyper::",
+        "axum::",
+    ] {
+        assert!(agent.contains(krate), "the control: prefixd links {krate}");
+        assert!(
+            !plugin.contains(krate),
+            "prefixd-cni links {krate}, which it does not use"
+        );
+    }
+}
+
+#[test]
+fn the_node_image_is_built_without_the_test_bench() {
+    let dockerfile = std::fs::read_to_string("deploy/Dockerfile").unwrap();
+    assert!(
+        dockerfile.contains("cargo build --release --locked --bins --no-default-features"),
+        "{dockerfile}"
+    );
+    // And that build works: scripts/test-all checks it (`cargo check --no-default-features`).
+    let test_all = std::fs::read_to_string("scripts/test-all").unwrap();
+    assert!(test_all.contains("cargo check --locked --bins --no-default-features"));
 }

@@ -78,7 +78,7 @@ async fn seed(ec2: &aws_sdk_ec2::Client, cidr_third: u8) -> (String, String) {
 }
 
 /// The agent in-process against LocalStack.
-async fn agent_on_localstack(instance: &str, args: &[&str]) -> common::TestAgent {
+async fn agent_on_localstack(instance: &str, args: &[(&str, &str)]) -> common::TestAgent {
     // start_agent takes a MockServer for its endpoint; LocalStack is addressed the same way.
     common::start_agent_at(&endpoint(), instance, args).await
 }
@@ -91,18 +91,12 @@ async fn agent_in_secondary_ip_mode_end_to_end() {
     let a = agent_on_localstack(
         &instance,
         &[
-            "--enable-prefix-delegation",
-            "false",
-            "--warm-ip-target",
-            "3",
-            "--minimum-ip-target",
-            "4",
-            "--release-delay",
-            "1s",
-            "--ip-cooldown-period",
-            "1s",
-            "--max-pods",
-            "29",
+            ("ENABLE_PREFIX_DELEGATION", "false"),
+            ("WARM_IP_TARGET", "3"),
+            ("MINIMUM_IP_TARGET", "4"),
+            ("RELEASE_DELAY", "1s"),
+            ("IP_COOLDOWN_PERIOD", "1s"),
+            ("MAX_PODS", "29"),
         ],
     )
     .await;
@@ -204,18 +198,18 @@ async fn prefix_mode_notices_that_localstack_cannot_delegate() {
 
     // Fallback off: the agent says so and is not ready.
     let a =
-        common::start_agent_at_unready(&ep, &instance, &["--secondary-ip-fallback", "false"]).await;
+        common::start_agent_at_unready(&ep, &instance, &[("SECONDARY_IP_FALLBACK", "false")]).await;
     let status = a.agent.status.clone();
     eventually(20, "unsupported prefixes noticed", async || {
         status.view().prefixes_unsupported
     })
     .await;
-    let ia = a.agent.introspection_addr;
+    let ia = a.agent.introspection_addr();
     let (s, body) = http_async(ia, "GET", "/readyz", vec![], String::new()).await;
     assert_eq!(s, 503);
     assert!(body.contains("cannot delegate prefixes"), "{body}");
     let (_, m) = http_async(
-        a.agent.metrics_addr,
+        a.agent.metrics_addr(),
         "GET",
         "/metrics",
         vec![],
@@ -240,7 +234,7 @@ async fn prefix_mode_notices_that_localstack_cannot_delegate() {
 
     // Fallback on: it carries on with /32 secondary addresses.
     let (_, instance2) = seed(&ec2, 33).await;
-    let b = agent_on_localstack(&instance2, &["--secondary-ip-fallback", "true"]).await;
+    let b = agent_on_localstack(&instance2, &[("SECONDARY_IP_FALLBACK", "true")]).await;
     let r = add(&b.socket, "pod", 20_000).await;
     assert!(r.address.is_some(), "{:?}", r.error);
     let v = b.agent.status.view();

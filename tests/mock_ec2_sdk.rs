@@ -14,6 +14,7 @@ use aws_sdk_ec2::types::{
 use common::{http_async, sdk_client, start_mock};
 use ipnet::Ipv4Net;
 use prefixd::core::Prefix28;
+use prefixd::ec2::Action;
 
 const SCENARIO: &str = r#"{
   "vpcs": [{ "name": "main", "cidr": "10.0.0.0/16", "subnets": [
@@ -35,6 +36,43 @@ fn code_status<E: ProvideErrorMetadata>(
 ) -> (String, u16) {
     let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
     (e.code().unwrap_or("").to_owned(), status)
+}
+
+/// AvailableIpAddressCount of `subnet`.
+async fn available(ec2: &aws_sdk_ec2::Client, subnet: &str) -> i32 {
+    ec2.describe_subnets()
+        .subnet_ids(subnet)
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .available_ip_address_count()
+        .unwrap()
+}
+
+/// How many ENIs DescribeNetworkInterfaces lists with filter `name` = `value`.
+async fn matching(ec2: &aws_sdk_ec2::Client, name: &str, value: &str) -> usize {
+    ec2.describe_network_interfaces()
+        .filters(Filter::builder().name(name).values(value).build())
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces()
+        .len()
+}
+
+/// A new ENI in `subnet`, with nothing asked for: its id.
+async fn new_eni(ec2: &aws_sdk_ec2::Client, subnet: &str) -> String {
+    ec2.create_network_interface()
+        .subnet_id(subnet)
+        .send()
+        .await
+        .unwrap()
+        .network_interface()
+        .unwrap()
+        .network_interface_id()
+        .unwrap()
+        .to_owned()
 }
 
 fn prefixes_of(ni: &aws_sdk_ec2::types::NetworkInterface) -> Vec<Prefix28> {
@@ -189,14 +227,8 @@ async fn prefix_delegation_path_through_the_sdk() {
         ("subnet-id", subnet.as_str(), 3), // both node ENIs and the m4's primary
         ("network-interface-id", eni_id.as_str(), 1),
     ] {
-        let d = ec2
-            .describe_network_interfaces()
-            .filters(Filter::builder().name(name).values(value).build())
-            .send()
-            .await
-            .unwrap();
         assert_eq!(
-            d.network_interfaces().len(),
+            matching(&ec2, name, value).await,
             expect,
             "filter {name}={value}"
         );
@@ -230,24 +262,10 @@ async fn prefix_delegation_path_through_the_sdk() {
         .unwrap_err();
     assert_eq!(code_status(&e).0, "InvalidNetworkInterfaceID.NotFound");
     let vpc = mine.vpc_id().unwrap().to_owned();
-    let d = ec2
-        .describe_network_interfaces()
-        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(d.network_interfaces().len(), 3);
+    assert_eq!(matching(&ec2, "vpc-id", &vpc).await, 3);
 
     // Unassign one: gone from the ENI and the subnet gets it back.
-    let before = ec2
-        .describe_subnets()
-        .subnet_ids(&subnet)
-        .send()
-        .await
-        .unwrap()
-        .subnets()[0]
-        .available_ip_address_count()
-        .unwrap();
+    let before = available(&ec2, &subnet).await;
     ec2.unassign_private_ip_addresses()
         .network_interface_id(&eni_id)
         .ipv4_prefixes(all[0].to_string())
@@ -263,15 +281,7 @@ async fn prefix_delegation_path_through_the_sdk() {
     let left = prefixes_of(&d.network_interfaces()[0]);
     assert_eq!(left.len(), 2);
     assert!(!left.contains(&all[0]));
-    let after = ec2
-        .describe_subnets()
-        .subnet_ids(&subnet)
-        .send()
-        .await
-        .unwrap()
-        .subnets()[0]
-        .available_ip_address_count()
-        .unwrap();
+    let after = available(&ec2, &subnet).await;
     assert_eq!(after, before + 16);
 
     // Detach and delete.
@@ -298,275 +308,238 @@ async fn prefix_delegation_path_through_the_sdk() {
     mock.shutdown().await;
 }
 
+/// One step of a table: a request sent through the SDK, and what it answered — `("ok", 200)`,
+/// or EC2's error code and HTTP status.
+type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (String, u16)> + 'a>>;
+
+/// A request that must fail: its code and status.
+macro_rules! fails {
+    ($req:expr) => {
+        Box::pin(async { code_status(&$req.send().await.unwrap_err()) }) as Step
+    };
+}
+
+/// A request that must succeed.
+macro_rules! succeeds {
+    ($req:expr) => {
+        Box::pin(async {
+            $req.send().await.unwrap();
+            ("ok".to_owned(), 200u16)
+        }) as Step
+    };
+}
+
+/// Runs the steps in order: each answered as expected, or the step's name says which did not.
+async fn run_steps(steps: Vec<(&str, Step<'_>, &str)>) {
+    for (what, step, want) in steps {
+        let (code, status) = step.await;
+        let want_status = if want == "ok" { 200 } else { 400 };
+        assert_eq!((code.as_str(), status), (want, want_status), "{what}");
+    }
+}
+
+fn explicit(prefix: &str) -> Ipv4PrefixSpecificationRequest {
+    Ipv4PrefixSpecificationRequest::builder()
+        .ipv4_prefix(prefix)
+        .build()
+}
+
 #[tokio::test]
 async fn errors_through_the_sdk() {
     let mock = start_mock(SCENARIO).await;
     let ec2 = sdk_client(&mock.endpoint());
     let node = mock.id("node").unwrap().to_owned();
     let subnet = mock.id("nodes").unwrap().to_owned();
-    let primary = ec2
-        .describe_instances()
-        .instance_ids(&node)
-        .send()
-        .await
-        .unwrap()
-        .reservations()[0]
-        .instances()[0]
-        .network_interfaces()[0]
-        .network_interface_id()
-        .unwrap()
-        .to_owned();
-
-    // Slots: m5.large has 10 per ENI, the primary address takes one.
-    ec2.assign_private_ip_addresses()
-        .network_interface_id(&primary)
-        .ipv4_prefix_count(6)
-        .send()
-        .await
-        .unwrap();
-    ec2.assign_private_ip_addresses()
-        .network_interface_id(&primary)
-        .secondary_private_ip_address_count(2)
-        .send()
-        .await
-        .unwrap();
-    let e = ec2
-        .assign_private_ip_addresses()
-        .network_interface_id(&primary)
-        .ipv4_prefix_count(2)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(
-        code_status(&e),
-        ("PrivateIpAddressLimitExceeded".into(), 400)
-    );
-
-    // Exclusive parameters.
-    let e = ec2
-        .assign_private_ip_addresses()
-        .network_interface_id(&primary)
-        .ipv4_prefix_count(1)
-        .secondary_private_ip_address_count(1)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidParameterCombination");
-    let e = ec2
-        .create_network_interface()
-        .subnet_id(&subnet)
-        .ipv4_prefix_count(1)
-        .ipv4_prefixes(
-            Ipv4PrefixSpecificationRequest::builder()
-                .ipv4_prefix("10.0.1.0/28")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidParameterCombination");
-
-    // Explicit prefixes: taken, misaligned.
-    let taken = ec2
-        .describe_network_interfaces()
-        .network_interface_ids(&primary)
-        .send()
-        .await
-        .unwrap()
-        .network_interfaces()[0]
-        .ipv4_prefixes()[0]
-        .ipv4_prefix()
-        .unwrap()
-        .to_owned();
-    for bad in [taken.as_str(), "10.0.5.8/28"] {
-        let e = ec2
-            .create_network_interface()
-            .subnet_id(&subnet)
-            .ipv4_prefixes(
-                Ipv4PrefixSpecificationRequest::builder()
-                    .ipv4_prefix(bad)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap_err();
-        assert_eq!(
-            code_status(&e),
-            ("InvalidParameterValue".into(), 400),
-            "{bad}"
-        );
-    }
-    let ok = ec2
-        .create_network_interface()
-        .subnet_id(&subnet)
-        .ipv4_prefixes(
-            Ipv4PrefixSpecificationRequest::builder()
-                .ipv4_prefix("10.0.5.16/28")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        prefixes_of(ok.network_interface().unwrap()),
-        vec!["10.0.5.16/28".parse().unwrap()]
-    );
-
-    // Attachment limit and device index.
-    let mk = || async {
-        ec2.create_network_interface()
-            .subnet_id(&subnet)
-            .send()
-            .await
-            .unwrap()
-            .network_interface()
-            .unwrap()
-            .network_interface_id()
-            .unwrap()
-            .to_owned()
-    };
-    let (a, b, c) = (mk().await, mk().await, mk().await);
-    ec2.attach_network_interface()
-        .network_interface_id(&a)
-        .instance_id(&node)
-        .device_index(1)
-        .send()
-        .await
-        .unwrap();
-    let e = ec2
-        .attach_network_interface()
-        .network_interface_id(&b)
-        .instance_id(&node)
-        .device_index(1)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidParameterValue");
-    ec2.attach_network_interface()
-        .network_interface_id(&b)
-        .instance_id(&node)
-        .device_index(2)
-        .send()
-        .await
-        .unwrap();
-    let e = ec2
-        .attach_network_interface()
-        .network_interface_id(&c)
-        .instance_id(&node)
-        .device_index(3)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e), ("AttachmentLimitExceeded".into(), 400));
-
-    // Delete an attached ENI; unknown and malformed ids.
-    let e = ec2
-        .delete_network_interface()
-        .network_interface_id(&a)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(
-        code_status(&e),
-        ("InvalidNetworkInterface.InUse".into(), 400)
-    );
-    let e = ec2
-        .delete_network_interface()
-        .network_interface_id("eni-0000000000000dead")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidNetworkInterfaceID.NotFound");
-    let e = ec2
-        .delete_network_interface()
-        .network_interface_id("nic-1")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidNetworkInterfaceID.Malformed");
-    let e = ec2
-        .detach_network_interface()
-        .attachment_id("eni-attach-0000000000000dead")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidAttachmentID.NotFound");
-    let e = ec2
-        .describe_instances()
-        .instance_ids("i-0000000000000dead")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidInstanceID.NotFound");
-    let e = ec2
-        .describe_subnets()
-        .subnet_ids("subnet-0000000000000dead")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidSubnetID.NotFound");
-    let e = ec2
-        .describe_instance_types()
-        .instance_types("m5.mega".into())
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidInstanceType");
-    let e = ec2
-        .describe_network_interfaces()
-        .filters(Filter::builder().name("bogus").values("x").build())
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidParameterValue");
-
-    // Xen refuses prefixes but takes secondary addresses.
-    let old = mock.id("old").unwrap().to_owned();
-    let old_eni = ec2
-        .describe_instances()
-        .instance_ids(&old)
-        .send()
-        .await
-        .unwrap()
-        .reservations()[0]
-        .instances()[0]
-        .network_interfaces()[0]
-        .network_interface_id()
-        .unwrap()
-        .to_owned();
-    let e = ec2
-        .assign_private_ip_addresses()
-        .network_interface_id(&old_eni)
-        .ipv4_prefix_count(1)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidParameterValue");
-    assert!(e.message().unwrap().contains("Nitro"));
-    ec2.assign_private_ip_addresses()
-        .network_interface_id(&old_eni)
-        .secondary_private_ip_address_count(3)
-        .send()
-        .await
-        .unwrap();
-
-    // Fragmentation: many free addresses, no free /28.
+    let eni_of = |instance: &str| mock.with_model(|m| m.instances[instance].primary_eni.clone());
+    let primary = eni_of(&node);
+    let old_eni = eni_of(mock.id("old").unwrap());
     let frag = mock.id("frag").unwrap().to_owned();
-    let s = ec2
-        .describe_subnets()
-        .subnet_ids(&frag)
-        .send()
-        .await
-        .unwrap();
-    assert!(s.subnets()[0].available_ip_address_count().unwrap() > 200);
+    let tiny = mock.id("tiny").unwrap().to_owned();
+    let (a, b, c) = (
+        new_eni(&ec2, &subnet).await,
+        new_eni(&ec2, &subnet).await,
+        new_eni(&ec2, &subnet).await,
+    );
+    let assign = || {
+        ec2.assign_private_ip_addresses()
+            .network_interface_id(&primary)
+    };
+    let attach = |eni: &str, dev| {
+        ec2.attach_network_interface()
+            .network_interface_id(eni)
+            .instance_id(&node)
+            .device_index(dev)
+    };
+    let create = |subnet: &str| ec2.create_network_interface().subnet_id(subnet);
+    run_steps(vec![
+        // Slots: m5.large has 10 per ENI, the primary address takes one.
+        (
+            "six prefixes",
+            succeeds!(assign().ipv4_prefix_count(6)),
+            "ok",
+        ),
+        (
+            "two addresses",
+            succeeds!(assign().secondary_private_ip_address_count(2)),
+            "ok",
+        ),
+        (
+            "two more prefixes: 1 + 6 + 2 + 2 > 10",
+            fails!(assign().ipv4_prefix_count(2)),
+            "PrivateIpAddressLimitExceeded",
+        ),
+        // Exclusive parameters.
+        (
+            "prefix count and address count",
+            fails!(
+                assign()
+                    .ipv4_prefix_count(1)
+                    .secondary_private_ip_address_count(1)
+            ),
+            "InvalidParameterCombination",
+        ),
+        (
+            "prefix count and explicit prefix",
+            fails!(
+                create(&subnet)
+                    .ipv4_prefix_count(1)
+                    .ipv4_prefixes(explicit("10.0.1.0/28"))
+            ),
+            "InvalidParameterCombination",
+        ),
+        // Explicit prefixes: taken, misaligned, free.
+        (
+            "a taken prefix",
+            fails!(create(&subnet).ipv4_prefixes(explicit("10.0.0.16/28"))),
+            "InvalidParameterValue",
+        ),
+        (
+            "a misaligned prefix",
+            fails!(create(&subnet).ipv4_prefixes(explicit("10.0.5.8/28"))),
+            "InvalidParameterValue",
+        ),
+        (
+            "a free prefix",
+            succeeds!(create(&subnet).ipv4_prefixes(explicit("10.0.5.16/28"))),
+            "ok",
+        ),
+        // Attachment limit and device index.
+        ("attach at 1", succeeds!(attach(&a, 1)), "ok"),
+        (
+            "attach at a taken index",
+            fails!(attach(&b, 1)),
+            "InvalidParameterValue",
+        ),
+        ("attach at 2", succeeds!(attach(&b, 2)), "ok"),
+        (
+            "a fourth ENI on an m5.large",
+            fails!(attach(&c, 3)),
+            "AttachmentLimitExceeded",
+        ),
+        // Delete an attached ENI; unknown and malformed ids.
+        (
+            "delete an attached ENI",
+            fails!(ec2.delete_network_interface().network_interface_id(&a)),
+            "InvalidNetworkInterface.InUse",
+        ),
+        (
+            "delete an unknown ENI",
+            fails!(
+                ec2.delete_network_interface()
+                    .network_interface_id("eni-0000000000000dead")
+            ),
+            "InvalidNetworkInterfaceID.NotFound",
+        ),
+        (
+            "a malformed ENI id",
+            fails!(ec2.delete_network_interface().network_interface_id("nic-1")),
+            "InvalidNetworkInterfaceID.Malformed",
+        ),
+        (
+            "detach an unknown attachment",
+            fails!(
+                ec2.detach_network_interface()
+                    .attachment_id("eni-attach-0000000000000dead")
+            ),
+            "InvalidAttachmentID.NotFound",
+        ),
+        (
+            "an unknown instance",
+            fails!(ec2.describe_instances().instance_ids("i-0000000000000dead")),
+            "InvalidInstanceID.NotFound",
+        ),
+        (
+            "an unknown subnet",
+            fails!(
+                ec2.describe_subnets()
+                    .subnet_ids("subnet-0000000000000dead")
+            ),
+            "InvalidSubnetID.NotFound",
+        ),
+        (
+            "an unknown instance type",
+            fails!(
+                ec2.describe_instance_types()
+                    .instance_types("m5.mega".into())
+            ),
+            "InvalidInstanceType",
+        ),
+        (
+            "an unknown filter",
+            fails!(
+                ec2.describe_network_interfaces()
+                    .filters(Filter::builder().name("bogus").values("x").build())
+            ),
+            "InvalidParameterValue",
+        ),
+        // Xen refuses prefixes but takes secondary addresses.
+        (
+            "a prefix on Xen",
+            fails!(
+                ec2.assign_private_ip_addresses()
+                    .network_interface_id(&old_eni)
+                    .ipv4_prefix_count(1)
+            ),
+            "InvalidParameterValue",
+        ),
+        (
+            "addresses on Xen",
+            succeeds!(
+                ec2.assign_private_ip_addresses()
+                    .network_interface_id(&old_eni)
+                    .secondary_private_ip_address_count(3)
+            ),
+            "ok",
+        ),
+        // Fragmentation: many free addresses, no free /28.
+        (
+            "a prefix from a fragmented subnet",
+            fails!(create(&frag).ipv4_prefix_count(1)),
+            "InsufficientCidrBlocks",
+        ),
+        // All or nothing: a /26 has two usable /28s.
+        (
+            "three prefixes from a /26",
+            fails!(create(&tiny).ipv4_prefix_count(3)),
+            "InsufficientCidrBlocks",
+        ),
+    ])
+    .await;
+    let free = |s: &str| {
+        let s = s.to_owned();
+        mock.with_model(move |m| m.subnets[&s].space.available())
+    };
+    assert_eq!(free(&tiny), 59, "the failed create took nothing");
+    assert!(free(&frag) > 200, "free addresses, but no free /28");
     let e = ec2
-        .create_network_interface()
-        .subnet_id(&frag)
+        .assign_private_ip_addresses()
+        .network_interface_id(&old_eni)
         .ipv4_prefix_count(1)
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code_status(&e), ("InsufficientCidrBlocks".into(), 400));
+    assert!(e.message().unwrap().contains("Nitro"));
+    // /32 addresses still come from a fragmented subnet, and never collide.
     let ok = ec2
         .create_network_interface()
         .subnet_id(&frag)
@@ -574,40 +547,18 @@ async fn errors_through_the_sdk() {
         .send()
         .await
         .unwrap();
-    let ips: Vec<String> = ok
+    let ips: HashSet<String> = ok
         .network_interface()
         .unwrap()
         .private_ip_addresses()
         .iter()
         .map(|p| p.private_ip_address().unwrap().to_owned())
         .collect();
-    assert_eq!(ips.len(), 6);
-    assert_eq!(
-        ips.iter().collect::<HashSet<_>>().len(),
-        6,
-        "addresses never collide"
-    );
-
-    // All or nothing: a /26 has two usable /28s.
-    let tiny = mock.id("tiny").unwrap().to_owned();
-    let e = ec2
-        .create_network_interface()
-        .subnet_id(&tiny)
-        .ipv4_prefix_count(3)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InsufficientCidrBlocks");
-    let s = ec2
-        .describe_subnets()
-        .subnet_ids(&tiny)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        s.subnets()[0].available_ip_address_count(),
-        Some(59),
-        "nothing taken"
+    assert_eq!(ips.len(), 6, "addresses never collide");
+    let taken = mock.with_model(|m| m.enis[&primary].prefixes.clone());
+    assert!(
+        taken.contains(&"10.0.0.16/28".parse().unwrap()),
+        "the taken prefix of the table above: {taken:?}"
     );
 
     // Prefix reservations are used first.
@@ -644,18 +595,19 @@ async fn errors_through_the_sdk() {
         .subnet_cidr_reservation_id()
         .unwrap()
         .to_owned();
-    ec2.delete_subnet_cidr_reservation()
-        .subnet_cidr_reservation_id(&id)
-        .send()
-        .await
-        .unwrap();
-    let e = ec2
-        .delete_subnet_cidr_reservation()
-        .subnet_cidr_reservation_id(&id)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code_status(&e).0, "InvalidSubnetCidrReservationID.NotFound");
+    let delete = || {
+        ec2.delete_subnet_cidr_reservation()
+            .subnet_cidr_reservation_id(&id)
+    };
+    run_steps(vec![
+        ("delete the reservation", succeeds!(delete()), "ok"),
+        (
+            "delete it again",
+            fails!(delete()),
+            "InvalidSubnetCidrReservationID.NotFound",
+        ),
+    ])
+    .await;
     let c = ec2
         .create_subnet_cidr_reservation()
         .subnet_id(&reserved)
@@ -720,17 +672,7 @@ async fn throttling_faults_pagination_and_terminate() {
     )
     .await;
     assert_eq!(status, 200);
-    let eni = ec2
-        .create_network_interface()
-        .subnet_id(&subnet)
-        .send()
-        .await
-        .unwrap()
-        .network_interface()
-        .unwrap()
-        .network_interface_id()
-        .unwrap()
-        .to_owned();
+    let eni = new_eni(&ec2, &subnet).await;
     for _ in 0..2 {
         let e = ec2
             .attach_network_interface()
@@ -752,17 +694,7 @@ async fn throttling_faults_pagination_and_terminate() {
 
     // Latency model: an attachment shows `attaching` until its delay has passed.
     mock.with_model(|m| m.attach_delay_ms = 1_500);
-    let slow = ec2
-        .create_network_interface()
-        .subnet_id(&subnet)
-        .send()
-        .await
-        .unwrap()
-        .network_interface()
-        .unwrap()
-        .network_interface_id()
-        .unwrap()
-        .to_owned();
+    let slow = new_eni(&ec2, &subnet).await;
     ec2.attach_network_interface()
         .network_interface_id(&slow)
         .instance_id(&node)
@@ -814,17 +746,7 @@ async fn throttling_faults_pagination_and_terminate() {
         c.throttling = true;
         c.time_scale = 0.001;
     });
-    let other = ec2
-        .create_network_interface()
-        .subnet_id(&subnet)
-        .send()
-        .await
-        .unwrap()
-        .network_interface()
-        .unwrap()
-        .network_interface_id()
-        .unwrap()
-        .to_owned();
+    let other = new_eni(&ec2, &subnet).await;
     let mut throttled = 0;
     for _ in 0..101 {
         if let Err(e) = ec2
@@ -844,7 +766,10 @@ async fn throttling_faults_pagination_and_terminate() {
     assert_eq!(throttled, 1, "100 tokens, 101 calls");
     let stats = mock.stats();
     assert_eq!(
-        stats.throttled.get("UnassignPrivateIpAddresses").copied(),
+        stats
+            .throttled
+            .get(&Action::UnassignPrivateIpAddresses)
+            .copied(),
         Some(throttled)
     );
     // Another action is not throttled by that.
@@ -868,28 +793,35 @@ async fn bad_requests_get_ec2_error_codes() {
             body.into(),
         )
     };
-    let (s, b) = post("Action=LaunchRockets&Version=2016-11-15").await;
-    assert_eq!(s, 400);
-    assert!(b.contains("<Code>InvalidAction</Code>"), "{b}");
-    assert!(b.contains("<RequestID>"), "{b}");
-    let (s, b) = post("Version=2016-11-15").await;
-    assert_eq!(s, 400);
-    assert!(b.contains("<Code>MissingAction</Code>"), "{b}");
-    let (s, b) = post("Action=AttachNetworkInterface&Version=2016-11-15&InstanceId=i-1").await;
-    assert_eq!(s, 400);
-    assert!(
-        b.contains("<Code>MissingParameter</Code>") && b.contains("NetworkInterfaceId"),
-        "{b}"
-    );
-    let (s, b) = post("Action=AssignPrivateIpAddresses&Version=2016-11-15&NetworkInterfaceId=eni-1&Ipv4PrefixCount=lots").await;
-    assert_eq!(s, 400);
-    assert!(b.contains("<Code>InvalidParameterValue</Code>"), "{b}");
-    let (s, b) = post("Action=DescribeNetworkInterfaces&MaxResults=2").await;
-    assert_eq!(s, 400);
-    assert!(b.contains("MaxResults"), "{b}");
-    let (s, b) = post("Action=DescribeNetworkInterfaces&NextToken=garbage").await;
-    assert_eq!(s, 400);
-    assert!(b.contains("InvalidNextToken"), "{b}");
+    for (body, wants) in [
+        (
+            "Action=LaunchRockets&Version=2016-11-15",
+            &["<Code>InvalidAction</Code>", "<RequestID>"][..],
+        ),
+        ("Version=2016-11-15", &["<Code>MissingAction</Code>"]),
+        (
+            "Action=AttachNetworkInterface&Version=2016-11-15&InstanceId=i-1",
+            &["<Code>MissingParameter</Code>", "NetworkInterfaceId"],
+        ),
+        (
+            "Action=AssignPrivateIpAddresses&Version=2016-11-15&NetworkInterfaceId=eni-1&Ipv4PrefixCount=lots",
+            &["<Code>InvalidParameterValue</Code>"],
+        ),
+        (
+            "Action=DescribeNetworkInterfaces&MaxResults=2",
+            &["MaxResults"],
+        ),
+        (
+            "Action=DescribeNetworkInterfaces&NextToken=garbage",
+            &["InvalidNextToken"],
+        ),
+    ] {
+        let (s, b) = post(body).await;
+        assert_eq!(s, 400, "{body}");
+        for w in wants {
+            assert!(b.contains(w), "{body}: {w} not in {b}");
+        }
+    }
     // Garbage bytes never panic or hang.
     let (s, _) = http_async(
         mock.addr(),
@@ -949,26 +881,8 @@ async fn imds_v2_reflects_live_state() {
         let imds = imds.clone();
         async move { imds.get(p).await.map(String::from) }
     };
-    assert_eq!(get("/latest/meta-data/instance-id").await.unwrap(), node);
-    assert_eq!(
-        get("/latest/meta-data/instance-type").await.unwrap(),
-        "m5.large"
-    );
-    assert_eq!(
-        get("/latest/meta-data/placement/region").await.unwrap(),
-        "us-west-2"
-    );
-    assert_eq!(
-        get("/latest/meta-data/placement/availability-zone")
-            .await
-            .unwrap(),
-        "us-west-2a"
-    );
+    // The card-0 network-card and a missing ipv4-prefix answer 404, as IMDS does.
     let mac = get("/latest/meta-data/mac").await.unwrap();
-    let macs = get("/latest/meta-data/network/interfaces/macs/")
-        .await
-        .unwrap();
-    assert_eq!(macs, format!("{mac}/"));
     let base = format!("/latest/meta-data/network/interfaces/macs/{mac}");
     let get_mac = |k: &str| {
         let imds = imds.clone();
@@ -976,29 +890,38 @@ async fn imds_v2_reflects_live_state() {
         async move { imds.get(&p).await.map(String::from) }
     };
     let primary = get_mac("interface-id").await.unwrap();
+    let subnet = mock.id("nodes").unwrap().to_owned();
+    let macs = format!("{mac}/");
+    // (path, what it answers: exactly this, or None for 404).
+    let exact: Vec<(String, Option<&str>)> = vec![
+        ("instance-id".into(), Some(&node)),
+        ("instance-type".into(), Some("m5.large")),
+        ("placement/region".into(), Some("us-west-2")),
+        ("placement/availability-zone".into(), Some("us-west-2a")),
+        ("network/interfaces/macs/".into(), Some(&macs)),
+        (format!("{base}/device-number"), Some("0")),
+        (format!("{base}/network-card"), None),
+        (format!("{base}/ipv4-prefix"), None),
+        (
+            format!("{base}/subnet-ipv4-cidr-block"),
+            Some("10.0.0.0/20"),
+        ),
+        (format!("{base}/vpc-ipv4-cidr-blocks"), Some("10.0.0.0/16")),
+        (format!("{base}/subnet-id"), Some(&subnet)),
+    ];
+    for (path, want) in exact {
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/latest/meta-data/{path}")
+        };
+        let got = imds.get(&path).await.map(String::from).ok();
+        assert_eq!(got.as_deref(), want, "{path}");
+    }
     assert!(primary.starts_with("eni-"));
-    assert_eq!(get_mac("device-number").await.unwrap(), "0");
-    assert!(get_mac("network-card").await.is_err(), "card 0 answers 404");
-    assert!(get_mac("ipv4-prefix").await.is_err(), "no prefix yet: 404");
-    assert_eq!(
-        get_mac("subnet-ipv4-cidr-block").await.unwrap(),
-        "10.0.0.0/20"
-    );
-    assert_eq!(
-        get_mac("vpc-ipv4-cidr-blocks").await.unwrap(),
-        "10.0.0.0/16"
-    );
-    assert!(
-        get_mac("security-group-ids")
-            .await
-            .unwrap()
-            .starts_with("sg-")
-    );
-    assert_eq!(
-        get_mac("subnet-id").await.unwrap(),
-        mock.id("nodes").unwrap()
-    );
-    assert!(get_mac("vpc-id").await.unwrap().starts_with("vpc-"));
+    for (key, prefix) in [("security-group-ids", "sg-"), ("vpc-id", "vpc-")] {
+        assert!(get_mac(key).await.unwrap().starts_with(prefix), "{key}");
+    }
 
     // Live: a prefix assigned through EC2 shows up.
     let a = ec2
@@ -1040,15 +963,7 @@ async fn admin_fragments_a_subnet_and_sets_latency() {
         .await
         .unwrap_err();
     assert_eq!(code_status(&e).0, "InsufficientCidrBlocks");
-    let avail = ec2
-        .describe_subnets()
-        .subnet_ids(&subnet)
-        .send()
-        .await
-        .unwrap()
-        .subnets()[0]
-        .available_ip_address_count()
-        .unwrap();
+    let avail = available(&ec2, &subnet).await;
     assert!(avail >= 50, "free addresses remain: {avail}");
 
     // A 400 ms delay on DescribeSubnets: the call takes at least that long (a lower bound only).

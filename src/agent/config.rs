@@ -1,100 +1,150 @@
-//! `prefixd agent` settings: every one an env var and a flag, validated into [`AgentConfig`]
-//! before anything starts; a bad value stops start-up with a message naming the variable.
+//! `prefixd agent` settings: the agent's own table of env vars (each also a flag) and
+//! [`AgentConfig::from_lookup`], which reads them — with the warm-pool settings of
+//! [`crate::core::config`] and the EC2 limiter's of [`crate::ec2::limiter`] — into one typed
+//! config before anything starts. A bad value stops start-up with a message naming the variable.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use serde::Serialize;
 
-use crate::cli::PoolArgs;
-use crate::core::config::{ConfigError, PoolConfig, parse_bool, parse_duration};
+use crate::core::config::PoolConfig;
+use crate::core::settings::{ConfigError, Setting, Values, ser_duration};
 use crate::core::{InstanceId, SubnetId};
+use crate::ec2::limiter::{self, LimiterConfig};
 
-/// Agent flags and env vars (the warm targets come from [`PoolArgs`]).
-#[derive(Debug, Clone, Args)]
-pub struct AgentArgs {
-    /// Warm targets and mode.
-    #[command(flatten)]
-    pub pool: PoolArgs,
-    /// The node's instance id; default: from IMDS.
-    #[arg(long, env = "INSTANCE_ID")]
-    pub instance_id: Option<String>,
-    /// Pod cap; default: the EKS max-pods formula for the instance type.
-    #[arg(long, env = "MAX_PODS")]
-    pub max_pods: Option<String>,
-    /// Subnets for new ENIs, comma-separated; default: the node's subnet.
-    #[arg(long, env = "POD_SUBNET_IDS")]
-    pub pod_subnet_ids: Option<String>,
-    /// Assign /32 secondary addresses when no /28 can be had (fragmented subnet, or an
-    /// endpoint without prefix support), so that pods still start.
-    #[arg(long, env = "SECONDARY_IP_FALLBACK", default_value = "true")]
-    pub secondary_ip_fallback: String,
-    /// Never change EC2; hand out only what is attached.
-    #[arg(
-        long,
-        env = "DISABLE_NETWORK_RESOURCE_PROVISIONING",
-        default_value = "false"
-    )]
-    pub disable_network_resource_provisioning: String,
-    /// Full resync with EC2 this often.
-    #[arg(long, env = "RECONCILE_INTERVAL", default_value = "60s")]
-    pub reconcile_interval: String,
-    /// Excess is released only after it has lasted this long.
-    #[arg(long, env = "RELEASE_DELAY", default_value = "30s")]
-    pub release_delay: String,
-    /// After InsufficientCidrBlocks, do not ask that subnet for prefixes for this long.
-    #[arg(long, env = "INSUFFICIENT_CIDR_COOLDOWN", default_value = "120s")]
-    pub insufficient_cidr_cooldown: String,
-    /// The pool loop's tick (it also wakes at once when an ADD finds no address).
-    #[arg(long, env = "POOL_TICK", default_value = "1s")]
-    pub pool_tick: String,
-    /// How often leaked ENIs (tagged, available) are looked for.
-    #[arg(long, env = "LEAK_SWEEP_INTERVAL", default_value = "5m")]
-    pub leak_sweep_interval: String,
-    /// An available tagged ENI of another instance is a leak once this old.
-    #[arg(long, env = "LEAKED_ENI_AGE", default_value = "5m")]
-    pub leaked_eni_age: String,
-    /// Tags new ENIs with cluster.k8s.amazonaws.com/name and sweeps only that cluster's leaks.
-    #[arg(long, env = "CLUSTER_NAME")]
-    pub cluster_name: Option<String>,
-    /// Client-side limit on mutating EC2 calls, per second (sustained).
-    #[arg(long, env = "EC2_API_QPS", default_value = "0.01")]
-    pub ec2_api_qps: String,
-    /// Client-side burst of mutating EC2 calls.
-    #[arg(long, env = "EC2_API_BURST", default_value = "40")]
-    pub ec2_api_burst: String,
-    /// Checkpoint file.
-    #[arg(
-        long,
-        env = "CHECKPOINT_PATH",
-        default_value = "/var/lib/prefixd/checkpoint.json"
-    )]
-    pub checkpoint_path: PathBuf,
-    /// Move an unreadable checkpoint aside and start empty (never done without this flag).
-    #[arg(long, env = "DISCARD_CHECKPOINT", default_value = "false")]
-    pub discard_checkpoint: String,
-    /// The CNI plugin's socket.
-    #[arg(long, env = "SOCKET_PATH", default_value = "/run/prefixd/agent.sock")]
-    pub socket_path: PathBuf,
-    /// Introspection and health HTTP (/v1/pool, /v1/enis, /v1/allocations, /v1/config,
-    /// /healthz, /readyz).
-    #[arg(
-        long,
-        env = "INTROSPECTION_BIND_ADDRESS",
-        default_value = "127.0.0.1:61679"
-    )]
-    pub introspection_bind_address: SocketAddr,
-    /// Prometheus metrics HTTP (/metrics).
-    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "127.0.0.1:61678")]
-    pub metrics_bind_address: SocketAddr,
-}
+/// INSTANCE_ID.
+pub const INSTANCE_ID: Setting = Setting::optional(
+    "INSTANCE_ID",
+    "from IMDS",
+    "the node's instance id; set it where there is no IMDS (LocalStack)",
+);
+/// MAX_PODS.
+pub const MAX_PODS: Setting =
+    Setting::optional("MAX_PODS", "EKS formula", "pod cap; growth stops there");
+/// POD_SUBNET_IDS.
+pub const POD_SUBNET_IDS: Setting = Setting::optional(
+    "POD_SUBNET_IDS",
+    "node subnet",
+    "subnets for new ENIs, comma-separated; the one with most free addresses first",
+);
+/// SECONDARY_IP_FALLBACK.
+pub const SECONDARY_IP_FALLBACK: Setting = Setting::new(
+    "SECONDARY_IP_FALLBACK",
+    "true",
+    "/32 addresses when no /28 can be had (fragmented subnet, no prefix support)",
+);
+/// DISABLE_NETWORK_RESOURCE_PROVISIONING.
+pub const DISABLE_NETWORK_RESOURCE_PROVISIONING: Setting = Setting::new(
+    "DISABLE_NETWORK_RESOURCE_PROVISIONING",
+    "false",
+    "never change EC2; hand out only what is attached",
+);
+/// RECONCILE_INTERVAL.
+pub const RECONCILE_INTERVAL: Setting = Setting::new(
+    "RECONCILE_INTERVAL",
+    "60s",
+    "full resync with EC2 this often",
+);
+/// RELEASE_DELAY.
+pub const RELEASE_DELAY: Setting = Setting::new(
+    "RELEASE_DELAY",
+    "30s",
+    "excess must last this long before it is released",
+);
+/// INSUFFICIENT_CIDR_COOLDOWN.
+pub const INSUFFICIENT_CIDR_COOLDOWN: Setting = Setting::new(
+    "INSUFFICIENT_CIDR_COOLDOWN",
+    "120s",
+    "no prefixes from a subnet for this long after InsufficientCidrBlocks",
+);
+/// POOL_TICK.
+pub const POOL_TICK: Setting = Setting::new(
+    "POOL_TICK",
+    "1s",
+    "pool loop tick (an ADD that finds no address wakes it at once)",
+);
+/// LEAK_SWEEP_INTERVAL.
+pub const LEAK_SWEEP_INTERVAL: Setting = Setting::new(
+    "LEAK_SWEEP_INTERVAL",
+    "5m",
+    "look for leaked ENIs (tagged, available) this often",
+);
+/// LEAKED_ENI_AGE.
+pub const LEAKED_ENI_AGE: Setting = Setting::new(
+    "LEAKED_ENI_AGE",
+    "5m",
+    "another node's detached tagged ENI is a leak once this old",
+);
+/// CLUSTER_NAME.
+pub const CLUSTER_NAME: Setting = Setting::optional(
+    "CLUSTER_NAME",
+    "unset",
+    "tag ENIs with the cluster; sweep only its leaks",
+);
+/// CHECKPOINT_PATH.
+pub const CHECKPOINT_PATH: Setting = Setting::new(
+    "CHECKPOINT_PATH",
+    "/var/lib/prefixd/checkpoint.json",
+    "the datastore's checkpoint",
+);
+/// DISCARD_CHECKPOINT.
+pub const DISCARD_CHECKPOINT: Setting = Setting::new(
+    "DISCARD_CHECKPOINT",
+    "false",
+    "move an unreadable checkpoint aside and start empty (never done without it)",
+);
+/// SOCKET_PATH.
+pub const SOCKET_PATH: Setting = Setting::new(
+    "SOCKET_PATH",
+    "/run/prefixd/agent.sock",
+    "the CNI plugin's socket (mode 0600, root peers only)",
+);
+/// INTROSPECTION_BIND_ADDRESS.
+pub const INTROSPECTION_BIND_ADDRESS: Setting = Setting::new(
+    "INTROSPECTION_BIND_ADDRESS",
+    "127.0.0.1:61679",
+    "introspection and health: /v1/pool, /v1/enis, /v1/allocations, /v1/config, /healthz, /readyz",
+);
+/// METRICS_BIND_ADDRESS.
+pub const METRICS_BIND_ADDRESS: Setting = Setting::new(
+    "METRICS_BIND_ADDRESS",
+    "127.0.0.1:61678",
+    "Prometheus metrics: /metrics",
+);
+
+/// The agent's own settings (the warm-pool and limiter settings have their own tables).
+pub const SETTINGS: &[Setting] = &[
+    INSTANCE_ID,
+    MAX_PODS,
+    POD_SUBNET_IDS,
+    SECONDARY_IP_FALLBACK,
+    DISABLE_NETWORK_RESOURCE_PROVISIONING,
+    RECONCILE_INTERVAL,
+    RELEASE_DELAY,
+    INSUFFICIENT_CIDR_COOLDOWN,
+    POOL_TICK,
+    LEAK_SWEEP_INTERVAL,
+    LEAKED_ENI_AGE,
+    CLUSTER_NAME,
+    CHECKPOINT_PATH,
+    DISCARD_CHECKPOINT,
+    SOCKET_PATH,
+    INTROSPECTION_BIND_ADDRESS,
+    METRICS_BIND_ADDRESS,
+];
+
+/// Every table `prefixd agent` reads, in the order `--help` lists them.
+pub const TABLES: &[&[Setting]] = &[crate::core::config::SETTINGS, SETTINGS, limiter::SETTINGS];
 
 /// Validated agent settings.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AgentConfig {
     /// Warm targets, mode, cooldown.
     pub pool: PoolConfig,
+    /// EC2_API_QPS, EC2_API_BURST.
+    pub limiter: LimiterConfig,
     /// INSTANCE_ID.
     pub instance_id: Option<InstanceId>,
     /// MAX_PODS.
@@ -106,29 +156,25 @@ pub struct AgentConfig {
     /// DISABLE_NETWORK_RESOURCE_PROVISIONING.
     pub disable_provisioning: bool,
     /// RECONCILE_INTERVAL.
-    #[serde(with = "ms")]
+    #[serde(serialize_with = "ser_duration")]
     pub reconcile_interval: Duration,
     /// RELEASE_DELAY.
-    #[serde(with = "ms")]
+    #[serde(serialize_with = "ser_duration")]
     pub release_delay: Duration,
     /// INSUFFICIENT_CIDR_COOLDOWN.
-    #[serde(with = "ms")]
+    #[serde(serialize_with = "ser_duration")]
     pub insufficient_cidr_cooldown: Duration,
     /// POOL_TICK.
-    #[serde(with = "ms")]
+    #[serde(serialize_with = "ser_duration")]
     pub pool_tick: Duration,
     /// LEAK_SWEEP_INTERVAL.
-    #[serde(with = "ms")]
+    #[serde(serialize_with = "ser_duration")]
     pub leak_sweep_interval: Duration,
     /// LEAKED_ENI_AGE.
-    #[serde(with = "ms")]
+    #[serde(serialize_with = "ser_duration")]
     pub leaked_eni_age: Duration,
     /// CLUSTER_NAME.
     pub cluster_name: Option<String>,
-    /// EC2_API_QPS.
-    pub ec2_api_qps: f64,
-    /// EC2_API_BURST.
-    pub ec2_api_burst: u32,
     /// CHECKPOINT_PATH.
     pub checkpoint_path: PathBuf,
     /// DISCARD_CHECKPOINT.
@@ -141,123 +187,77 @@ pub struct AgentConfig {
     pub metrics_bind_address: SocketAddr,
 }
 
-mod ms {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", d.as_millis()))
-    }
-}
-
-fn err(var: &'static str, value: &str, why: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        value: value.to_owned(),
-        why: why.into(),
-    }
-}
-
-fn positive_duration(var: &'static str, v: &str) -> Result<Duration, ConfigError> {
-    let d = parse_duration(var, v)?;
-    if d.is_zero() {
-        return Err(err(var, v, "must be longer than 0"));
-    }
-    Ok(d)
-}
-
-impl AgentArgs {
-    /// Validates every setting.
-    pub fn to_config(&self) -> Result<AgentConfig, ConfigError> {
-        let pool = self.pool.to_config()?;
-        let instance_id = self
-            .instance_id
-            .as_deref()
-            .map(|v| {
-                v.parse().map_err(|e: crate::core::types::TypeError| {
-                    err("INSTANCE_ID", v, e.to_string())
-                })
-            })
-            .transpose()?;
-        let max_pods = self
-            .max_pods
-            .as_deref()
-            .map(|v| {
-                let n = crate::core::config::parse_count("MAX_PODS", v, 65_535)?;
-                if n == 0 {
-                    Err(err("MAX_PODS", v, "must be at least 1"))
-                } else {
-                    Ok(n)
-                }
-            })
-            .transpose()?;
-        let pod_subnet_ids = match self.pod_subnet_ids.as_deref() {
-            None => Vec::new(),
-            Some(v) => v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse().map_err(|e: crate::core::types::TypeError| {
-                        err("POD_SUBNET_IDS", v, e.to_string())
-                    })
-                })
-                .collect::<Result<_, _>>()?,
+impl AgentConfig {
+    /// Reads every setting of [`TABLES`] from `v`; absent names take their defaults.
+    pub fn from_lookup(v: &Values) -> Result<Self, ConfigError> {
+        let address = "an address and port, e.g. 127.0.0.1:61679";
+        let max_pods = match v.value(&MAX_PODS) {
+            None => None,
+            Some(_) => Some(v.positive_count(&MAX_PODS, 65_535)?),
         };
-        let qps: f64 = self
-            .ec2_api_qps
-            .trim()
-            .parse()
-            .ok()
-            .filter(|q: &f64| q.is_finite() && *q > 0.0 && *q <= 1000.0)
-            .ok_or_else(|| {
-                err(
-                    "EC2_API_QPS",
-                    &self.ec2_api_qps,
-                    "set a number of calls per second above 0 and at most 1000",
-                )
-            })?;
-        let burst = crate::core::config::parse_count("EC2_API_BURST", &self.ec2_api_burst, 10_000)?;
-        if burst == 0 {
-            return Err(err(
-                "EC2_API_BURST",
-                &self.ec2_api_burst,
-                "must be at least 1",
-            ));
-        }
-        Ok(AgentConfig {
-            pool,
-            instance_id,
+        Ok(Self {
+            pool: PoolConfig::from_lookup(v)?,
+            limiter: LimiterConfig::from_lookup(v)?,
+            instance_id: v.optional(&INSTANCE_ID, "an instance id, i- and hex")?,
             max_pods,
-            pod_subnet_ids,
-            secondary_ip_fallback: parse_bool(
-                "SECONDARY_IP_FALLBACK",
-                &self.secondary_ip_fallback,
-            )?,
-            disable_provisioning: parse_bool(
-                "DISABLE_NETWORK_RESOURCE_PROVISIONING",
-                &self.disable_network_resource_provisioning,
-            )?,
-            reconcile_interval: positive_duration("RECONCILE_INTERVAL", &self.reconcile_interval)?,
-            release_delay: parse_duration("RELEASE_DELAY", &self.release_delay)?,
-            insufficient_cidr_cooldown: parse_duration(
-                "INSUFFICIENT_CIDR_COOLDOWN",
-                &self.insufficient_cidr_cooldown,
-            )?,
-            pool_tick: positive_duration("POOL_TICK", &self.pool_tick)?,
-            leak_sweep_interval: positive_duration(
-                "LEAK_SWEEP_INTERVAL",
-                &self.leak_sweep_interval,
-            )?,
-            leaked_eni_age: parse_duration("LEAKED_ENI_AGE", &self.leaked_eni_age)?,
-            cluster_name: self.cluster_name.clone().filter(|c| !c.is_empty()),
-            ec2_api_qps: qps,
-            ec2_api_burst: burst,
-            checkpoint_path: self.checkpoint_path.clone(),
-            discard_checkpoint: parse_bool("DISCARD_CHECKPOINT", &self.discard_checkpoint)?,
-            socket_path: self.socket_path.clone(),
-            introspection_bind_address: self.introspection_bind_address,
-            metrics_bind_address: self.metrics_bind_address,
+            pod_subnet_ids: v.list(&POD_SUBNET_IDS, "subnet ids, subnet- and hex")?,
+            secondary_ip_fallback: v.bool(&SECONDARY_IP_FALLBACK)?,
+            disable_provisioning: v.bool(&DISABLE_NETWORK_RESOURCE_PROVISIONING)?,
+            reconcile_interval: v.positive_duration(&RECONCILE_INTERVAL)?,
+            release_delay: v.duration(&RELEASE_DELAY)?,
+            insufficient_cidr_cooldown: v.duration(&INSUFFICIENT_CIDR_COOLDOWN)?,
+            pool_tick: v.positive_duration(&POOL_TICK)?,
+            leak_sweep_interval: v.positive_duration(&LEAK_SWEEP_INTERVAL)?,
+            leaked_eni_age: v.duration(&LEAKED_ENI_AGE)?,
+            cluster_name: v
+                .value(&CLUSTER_NAME)
+                .map(str::to_owned)
+                .filter(|c| !c.is_empty()),
+            checkpoint_path: PathBuf::from(v.value(&CHECKPOINT_PATH).unwrap_or_default()),
+            discard_checkpoint: v.bool(&DISCARD_CHECKPOINT)?,
+            socket_path: PathBuf::from(v.value(&SOCKET_PATH).unwrap_or_default()),
+            introspection_bind_address: v.parsed(&INTROSPECTION_BIND_ADDRESS, address)?,
+            metrics_bind_address: v.parsed(&METRICS_BIND_ADDRESS, address)?,
         })
+    }
+
+    /// The defaults, with `pairs` set (names from [`TABLES`]; others are refused).
+    pub fn with<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_lookup(&Values::from_pairs(pairs, TABLES, "agent")?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let c = AgentConfig::with([]).unwrap();
+        assert_eq!(c.reconcile_interval, Duration::from_secs(60));
+        assert_eq!(c.limiter.burst, 40);
+        assert_eq!(c.max_pods, None);
+        assert_eq!(c.socket_path, PathBuf::from("/run/prefixd/agent.sock"));
+        for (var, val) in [
+            ("MAX_PODS", "0"),
+            ("EC2_API_QPS", "0"),
+            ("EC2_API_BURST", "0"),
+            ("RELEASE_DELAY", "soon"),
+            ("POOL_TICK", "0s"),
+            ("POD_SUBNET_IDS", "subnet-1,vpc-2"),
+            ("SECONDARY_IP_FALLBACK", "maybe"),
+            ("INSTANCE_ID", "x-123"),
+            ("INTROSPECTION_BIND_ADDRESS", "localhost"),
+        ] {
+            let e = AgentConfig::with([(var, val)]).unwrap_err();
+            assert_eq!(e.var, var, "{e}");
+        }
+        let c = AgentConfig::with([("POD_SUBNET_IDS", "subnet-1, subnet-2,"), ("MAX_PODS", "9")])
+            .unwrap();
+        assert_eq!(c.pod_subnet_ids.len(), 2);
+        assert_eq!(c.max_pods, Some(9));
+        assert!(AgentConfig::with([("WARM_PREFIX_TARGETS", "1")]).is_err());
     }
 }

@@ -22,8 +22,12 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use serde::Serialize;
+
 use super::pool::PoolHandle;
 use super::status::Status;
+use crate::core::PodKey;
+use crate::core::inventory::{EniStock, Inventory};
 use crate::core::planner::Limits;
 use crate::metrics::Metrics;
 
@@ -51,17 +55,104 @@ async fn pool(State(s): State<Introspection>) -> Response {
     }
 }
 
+/// One prefix in `/v1/enis`.
+#[derive(Serialize)]
+struct PrefixView {
+    cidr: String,
+    assigned: u32,
+    cooling: u32,
+    free: u32,
+}
+
+/// One secondary address in `/v1/enis`.
+#[derive(Serialize)]
+struct IpView {
+    address: std::net::Ipv4Addr,
+    /// `assigned`, `cooling` or `free`.
+    state: &'static str,
+}
+
+/// One ENI in `/v1/enis`.
+#[derive(Serialize)]
+struct EniView {
+    id: crate::core::EniId,
+    device_index: u32,
+    primary: bool,
+    prefixes: Vec<PrefixView>,
+    secondary_ips: Vec<IpView>,
+}
+
+impl From<&EniStock> for EniView {
+    fn from(e: &EniStock) -> Self {
+        Self {
+            id: e.id.clone(),
+            device_index: e.device_index,
+            primary: e.primary,
+            prefixes: e
+                .prefixes
+                .iter()
+                .map(|p| PrefixView {
+                    cidr: p.block.to_string(),
+                    assigned: p.usage.assigned,
+                    cooling: p.usage.cooling,
+                    free: p.usage.free,
+                })
+                .collect(),
+            secondary_ips: e
+                .secondary_ips
+                .iter()
+                .map(|a| IpView {
+                    address: a.block,
+                    state: if a.usage.assigned > 0 {
+                        "assigned"
+                    } else if a.usage.cooling > 0 {
+                        "cooling"
+                    } else {
+                        "free"
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One allocation in `/v1/allocations`.
+#[derive(Serialize)]
+struct AllocationView {
+    key: PodKey,
+    address: std::net::Ipv4Addr,
+    pod_namespace: String,
+    pod_name: String,
+    allocated_at_ms: u64,
+}
+
+async fn inventory(s: &Introspection) -> Result<Inventory, Response> {
+    s.pool.inventory().await.map_err(unavailable)
+}
+
 async fn enis(State(s): State<Introspection>) -> Response {
-    match s.pool.view().await {
-        Ok(v) => Json(v.enis).into_response(),
-        Err(e) => unavailable(e),
+    match inventory(&s).await {
+        Ok(v) => Json(v.enis.iter().map(EniView::from).collect::<Vec<_>>()).into_response(),
+        Err(r) => r,
     }
 }
 
 async fn allocations(State(s): State<Introspection>) -> Response {
-    match s.pool.view().await {
-        Ok(v) => Json(v.allocations).into_response(),
-        Err(e) => unavailable(e),
+    match inventory(&s).await {
+        Ok(v) => Json(
+            v.allocations
+                .into_iter()
+                .map(|h| AllocationView {
+                    key: h.key,
+                    address: h.address,
+                    pod_namespace: h.pod.namespace,
+                    pod_name: h.pod.name,
+                    allocated_at_ms: h.allocated_at.0,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(r) => r,
     }
 }
 
@@ -74,7 +165,7 @@ async fn status(State(s): State<Introspection>) -> Response {
 }
 
 async fn healthz(State(s): State<Introspection>) -> Response {
-    match tokio::time::timeout(Duration::from_secs(2), s.pool.view()).await {
+    match tokio::time::timeout(Duration::from_secs(2), s.pool.snapshot(s.limits)).await {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
         Ok(Err(e)) => unavailable(e),
         Err(_) => unavailable("the pool owner did not answer within 2 s"),

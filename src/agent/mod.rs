@@ -1,10 +1,15 @@
 //! `prefixd agent`: discovery, the pool owner, the pool loop, the plugin socket and the HTTP
-//! endpoints, started in that order and stopped in reverse.
+//! endpoints, assembled by one [`AgentBuilder`] and stopped in reverse.
 //!
-//! Start: discover the node (IMDS or INSTANCE_ID, then EC2), load the checkpoint, resync with
-//! EC2 (dropping and counting allocations outside attached prefixes), then serve the socket.
-//! Stop (SIGTERM): close the socket, drain requests in flight, stop the loop, write the
-//! checkpoint.
+//! Start: load the checkpoint, discover the node (EC2), resync with EC2 (dropping and counting
+//! allocations outside attached prefixes), then serve the socket. Stop (SIGTERM): close the
+//! socket, drain requests in flight, stop the loop, write the checkpoint.
+//!
+//! The parts: [`config`] (settings), [`pool`] (the one owner of pool state), [`reconcile`] (the
+//! loop), [`server`] (the plugin socket), [`http`] (introspection and metrics), [`status`].
+//! The builder is the only way in: the simulator asks it for an in-memory pool run inline on
+//! virtual time and no endpoints; the agent binary for the threaded pool, the checkpoint file,
+//! the socket and HTTP.
 
 pub mod config;
 pub mod http;
@@ -20,22 +25,27 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::core::backoff::{Backoff, Jitter};
 use crate::core::checkpoint::CheckpointError;
 use crate::core::instance_types;
 use crate::core::planner::Limits;
 use crate::core::rng::XorShift64;
-use crate::core::{InstanceId, Mode};
+use crate::core::{InstanceId, Mode, UnixMillis};
 use crate::ec2::{Ec2, Ec2Error, ErrorClass, TypeLimits};
+use crate::imds::ImdsError;
 use crate::metrics::Metrics;
 use config::AgentConfig;
-use pool::PoolHandle;
-use reconcile::{Looper, Node};
+use pool::{Clock, PoolHandle};
+use reconcile::{Ctx, Looper, Node};
 use status::Status;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The node could not be identified.
+    /// IMDS could not say which instance this is.
+    #[error("discovery failed: {0}")]
+    Imds(#[from] ImdsError),
+    /// The node could not be described.
     #[error("discovery failed: {0}")]
     Discovery(String),
     /// An EC2 call at start-up failed.
@@ -60,15 +70,21 @@ pub enum AgentError {
     },
 }
 
-/// Retries `f` on throttled and transient errors, with jittered exponential backoff, up to
-/// eight attempts (about a minute): start-up must not fail on one throttled call. The jitter
-/// comes from `seed` (the instance id), so that a fleet spreads out and a simulated run repeats.
+/// Start-up's retries: 200 ms doubling to 20 s, equal jitter, eight attempts (about a minute).
+const STARTUP_RETRY: Backoff = Backoff::new(
+    Duration::from_millis(200),
+    Duration::from_secs(20),
+    Jitter::Equal,
+);
+
+/// Retries `f` on throttled and transient errors: start-up must not fail on one throttled call.
+/// The jitter comes from `seed` (the instance id), so that a fleet spreads out and a simulated
+/// run repeats.
 async fn retrying<T, F, Fut>(what: &str, seed: &str, mut f: F) -> Result<T, Ec2Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Ec2Error>>,
 {
-    let mut delay = Duration::from_millis(200);
     let mut attempt = 0u32;
     let mut rng = XorShift64::from_text(seed, 0xCBF2_9CE4_8422_2325);
     loop {
@@ -78,11 +94,10 @@ where
                 if attempt < 7
                     && matches!(e.class, ErrorClass::Throttled | ErrorClass::Transient) =>
             {
+                let wait = STARTUP_RETRY.delay(attempt, &mut rng);
                 attempt += 1;
-                let jittered = delay.mul_f64(0.5 + rng.next_f64() / 2.0);
-                tracing::warn!(what, attempt, error = %e, retry_ms = jittered.as_millis() as u64, "start-up EC2 call failed; retrying");
-                tokio::time::sleep(jittered).await;
-                delay = (delay * 2).min(Duration::from_secs(20));
+                tracing::warn!(what, attempt, error = %e, retry_ms = wait.as_millis() as u64, "start-up EC2 call failed; retrying");
+                tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e),
         }
@@ -136,21 +151,12 @@ pub async fn discover<E: Ec2>(
         )));
     }
     let slots = limits.ipv4_per_eni.saturating_sub(1);
-    let formula = instance_types::InstanceTypeInfo {
-        name: info.instance_type.clone(),
-        max_enis: limits.max_enis,
-        ipv4_per_eni: limits.ipv4_per_eni,
-        ipv6_per_eni: 0,
-        hypervisor: if limits.supports_prefixes {
-            "nitro".into()
-        } else {
-            "xen".into()
-        },
-        bare_metal: false,
-        max_cards: 1,
+    let formula = instance_types::max_pods(
+        limits.max_enis,
+        limits.ipv4_per_eni,
         vcpus,
-    }
-    .max_pods(prefix_mode && limits.supports_prefixes);
+        prefix_mode && limits.supports_prefixes,
+    );
     let max_pods = cfg.max_pods.unwrap_or(formula);
     tracing::info!(instance.id = %instance, instance.type = %info.instance_type, subnet.id = %info.subnet,
         max_enis = limits.max_enis, slots_per_eni = slots, max_pods, prefixes = limits.supports_prefixes, "discovered the node");
@@ -169,9 +175,217 @@ pub async fn discover<E: Ec2>(
     })
 }
 
+/// Where the agent's HTTP endpoints listen.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    /// Introspection and health.
+    pub introspection: std::net::SocketAddr,
+    /// Prometheus metrics.
+    pub metrics: std::net::SocketAddr,
+}
+
+/// How the pool owner runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// On its own thread, with the checkpoint file (CHECKPOINT_PATH): the agent.
+    Threaded,
+    /// On the caller's task, in memory: the simulator's thousands of nodes on virtual time.
+    Inline,
+}
+
+/// Assembles an agent: its pool, its loop and, unless told otherwise, its socket and HTTP
+/// endpoints.
+pub struct AgentBuilder<E> {
+    cfg: AgentConfig,
+    ec2: E,
+    instance: InstanceId,
+    metrics: Option<Arc<Metrics>>,
+    pool: PoolMode,
+    epoch: Option<UnixMillis>,
+    serve: bool,
+    stop: Option<watch::Receiver<bool>>,
+}
+
+impl<E: Ec2> AgentBuilder<E> {
+    /// The agent for `instance` with `cfg`, reaching EC2 through `ec2`: by default a threaded
+    /// pool with the checkpoint file, the wall clock, the socket and HTTP.
+    pub fn new(cfg: AgentConfig, ec2: E, instance: InstanceId) -> Self {
+        Self {
+            cfg,
+            ec2,
+            instance,
+            metrics: None,
+            pool: PoolMode::Threaded,
+            epoch: None,
+            serve: true,
+            stop: None,
+        }
+    }
+
+    /// Records into `metrics` (the EC2 adapter's calls land there too).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// How the pool owner runs.
+    pub fn pool(mut self, mode: PoolMode) -> Self {
+        self.pool = mode;
+        self
+    }
+
+    /// The datastore's clock reads `epoch` at start and follows tokio's clock from there
+    /// (virtual time where it is paused). Default: the wall clock's now.
+    pub fn epoch(mut self, epoch: UnixMillis) -> Self {
+        self.epoch = Some(epoch);
+        self
+    }
+
+    /// No socket and no HTTP: ADDs and DELs go through [`Agent::pool`].
+    pub fn headless(mut self) -> Self {
+        self.serve = false;
+        self
+    }
+
+    /// Stops when `stop` turns true, as well as on [`Agent::shutdown`].
+    pub fn stop_on(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Starts it. The checkpoint comes first: an unreadable one stops the agent before it
+    /// touches EC2.
+    pub async fn start(self) -> Result<Agent, AgentError> {
+        let Self {
+            cfg,
+            ec2,
+            instance,
+            metrics,
+            pool: mode,
+            epoch,
+            serve,
+            stop,
+        } = self;
+        let metrics = metrics.unwrap_or_else(|| Arc::new(Metrics::new()));
+        let clock = Clock::starting_at(epoch.unwrap_or_else(UnixMillis::now));
+        let wake = Arc::new(Notify::new());
+        let pool = match mode {
+            PoolMode::Threaded => {
+                let (pool, report) = pool::start_threaded(
+                    &cfg.checkpoint_path,
+                    cfg.pool.cooldown,
+                    cfg.discard_checkpoint,
+                    clock,
+                    wake.clone(),
+                    metrics.clone(),
+                )?;
+                if !report.dropped.is_empty() {
+                    tracing::warn!(
+                        dropped = report.dropped.len(),
+                        "allocations outside attached prefixes were dropped from the checkpoint"
+                    );
+                }
+                pool
+            }
+            PoolMode::Inline => {
+                pool::start_inline(cfg.pool.cooldown, clock, wake.clone(), metrics.clone())
+            }
+        };
+        let node = discover(&ec2, &cfg, &instance).await?;
+        let status = Arc::new(Status::default());
+        let (stop_tx, own_stop) = watch::channel(false);
+        let (stop_tx, stop_rx) = match stop {
+            Some(external) => (None, external),
+            None => (Some(stop_tx), own_stop),
+        };
+        let mut tasks = Vec::new();
+        let endpoints = if serve {
+            Some(serve_http(&cfg, &node, &pool, &status, &metrics, &stop_rx, &mut tasks).await?)
+        } else {
+            None
+        };
+        let (resynced_tx, resynced) = watch::channel(false);
+        let ctx = Ctx {
+            ec2: Arc::new(ec2),
+            cfg: cfg.clone(),
+            node: node.clone(),
+            pool: pool.clone(),
+            status: status.clone(),
+            metrics: metrics.clone(),
+        };
+        let looper = Looper::new(ctx, wake, resynced_tx);
+        tasks.push(tokio::spawn(looper.run(stop_rx.clone())));
+        let socket = serve.then(|| {
+            tokio::spawn(server::run(
+                cfg.socket_path.clone(),
+                pool.clone(),
+                status.clone(),
+                metrics.clone(),
+                resynced.clone(),
+                stop_rx,
+            ))
+        });
+        Ok(Agent {
+            pool,
+            status,
+            metrics,
+            node,
+            endpoints,
+            resynced,
+            stop: stop_tx,
+            tasks,
+            socket,
+        })
+    }
+}
+
+async fn serve_http(
+    cfg: &AgentConfig,
+    node: &Node,
+    pool: &PoolHandle,
+    status: &Arc<Status>,
+    metrics: &Arc<Metrics>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<Endpoints, AgentError> {
+    let bind = |what: &'static str, addr: std::net::SocketAddr| async move {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Bind {
+                what,
+                addr: addr.to_string(),
+                source,
+            })?;
+        let bound = l.local_addr().map_err(|source| AgentError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })?;
+        Ok::<_, AgentError>((l, bound))
+    };
+    let (intro_l, introspection) = bind("introspection", cfg.introspection_bind_address).await?;
+    let (metrics_l, metrics_addr) = bind("metrics", cfg.metrics_bind_address).await?;
+    let intro = http::introspection(http::Introspection {
+        pool: pool.clone(),
+        status: status.clone(),
+        limits: node.limits,
+        config: Arc::new(serde_json::json!({ "config": cfg, "node": node })),
+    });
+    tasks.push(tokio::spawn(http::serve(intro_l, intro, stop.clone())));
+    tasks.push(tokio::spawn(http::serve(
+        metrics_l,
+        http::metrics_router(metrics.clone()),
+        stop.clone(),
+    )));
+    Ok(Endpoints {
+        introspection,
+        metrics: metrics_addr,
+    })
+}
+
 /// A running agent.
-pub struct AgentHandle {
-    /// The pool owner.
+pub struct Agent {
+    /// The pool: what the socket serves, and what a headless agent's caller uses directly.
     pub pool: PoolHandle,
     /// Status.
     pub status: Arc<Status>,
@@ -179,16 +393,16 @@ pub struct AgentHandle {
     pub metrics: Arc<Metrics>,
     /// The node.
     pub node: Node,
-    /// Introspection address actually bound.
-    pub introspection_addr: std::net::SocketAddr,
-    /// Metrics address actually bound.
-    pub metrics_addr: std::net::SocketAddr,
-    stop: watch::Sender<bool>,
+    /// Where HTTP listens (none when headless).
+    pub endpoints: Option<Endpoints>,
+    resynced: watch::Receiver<bool>,
+    /// None when an external signal stops the agent ([`AgentBuilder::stop_on`]).
+    stop: Option<watch::Sender<bool>>,
     tasks: Vec<JoinHandle<()>>,
-    socket: JoinHandle<()>,
+    socket: Option<JoinHandle<()>>,
 }
 
-impl AgentHandle {
+impl Agent {
     /// Waits until the first resync is done and the socket serves (or `timeout`).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -201,160 +415,39 @@ impl AgentHandle {
         }
     }
 
+    /// Resolves once the first resync with EC2 has succeeded (the agent serves only after it).
+    pub async fn resynced(&self) {
+        let mut r = self.resynced.clone();
+        let _ = r.wait_for(|done| *done).await;
+    }
+
+    /// The introspection address (panics when headless: a caller's mistake).
+    pub fn introspection_addr(&self) -> std::net::SocketAddr {
+        self.endpoints
+            .expect("a headless agent has no HTTP")
+            .introspection
+    }
+
+    /// The metrics address (panics when headless).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.endpoints
+            .expect("a headless agent has no HTTP")
+            .metrics
+    }
+
     /// Stops: closes the socket and drains requests in flight, stops the loop and the HTTP
-    /// servers, then writes the checkpoint.
+    /// servers, then writes the checkpoint. With [`AgentBuilder::stop_on`], it waits for that
+    /// signal instead.
     pub async fn shutdown(self) -> Result<(), pool::PoolError> {
-        let _ = self.stop.send(true);
-        let _ = self.socket.await;
+        if let Some(s) = &self.stop {
+            let _ = s.send(true);
+        }
+        if let Some(s) = self.socket {
+            let _ = s.await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }
         self.pool.flush().await
     }
-}
-
-/// Starts the agent for `instance` with `ec2`.
-pub async fn start<E: Ec2>(
-    cfg: AgentConfig,
-    ec2: E,
-    instance: InstanceId,
-    metrics: Arc<Metrics>,
-) -> Result<AgentHandle, AgentError> {
-    // The checkpoint first: an unreadable one stops the agent before it touches EC2.
-    let wake = Arc::new(Notify::new());
-    let (pool, report) = pool::start(
-        &cfg.checkpoint_path,
-        cfg.pool.cooldown,
-        cfg.discard_checkpoint,
-        wake.clone(),
-        metrics.clone(),
-    )?;
-    let node = discover(&ec2, &cfg, &instance).await?;
-    if !report.dropped.is_empty() {
-        tracing::warn!(
-            dropped = report.dropped.len(),
-            "allocations outside attached prefixes were dropped from the checkpoint"
-        );
-    }
-    let status = Arc::new(Status::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    let bind = |what: &'static str, addr: std::net::SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| AgentError::Bind {
-                what,
-                addr: addr.to_string(),
-                source,
-            })
-    };
-    let intro_l = bind("introspection", cfg.introspection_bind_address).await?;
-    let metrics_l = bind("metrics", cfg.metrics_bind_address).await?;
-    let introspection_addr = intro_l.local_addr().expect("bound");
-    let metrics_addr = metrics_l.local_addr().expect("bound");
-    let config_json = serde_json::json!({ "config": &cfg, "node": &node });
-    let intro = http::introspection(http::Introspection {
-        pool: pool.clone(),
-        status: status.clone(),
-        limits: node.limits,
-        config: Arc::new(config_json),
-    });
-    let mut tasks = vec![
-        tokio::spawn(http::serve(intro_l, intro, stop_rx.clone())),
-        tokio::spawn(http::serve(
-            metrics_l,
-            http::metrics_router(metrics.clone()),
-            stop_rx.clone(),
-        )),
-    ];
-
-    let (resynced_tx, resynced_rx) = tokio::sync::oneshot::channel();
-    let looper = Looper::new(
-        Arc::new(ec2),
-        cfg.clone(),
-        node.clone(),
-        pool.clone(),
-        status.clone(),
-        metrics.clone(),
-        wake,
-        resynced_tx,
-    );
-    tasks.push(tokio::spawn(looper.run(stop_rx.clone())));
-
-    // The socket opens only after the first resync: until then the datastore may hold
-    // prefixes EC2 has taken back.
-    let socket_path = cfg.socket_path.clone();
-    let (pool2, status2, metrics2, mut stop2) = (
-        pool.clone(),
-        status.clone(),
-        metrics.clone(),
-        stop_rx.clone(),
-    );
-    let socket = tokio::spawn(async move {
-        tokio::select! {
-            r = resynced_rx => if r.is_err() { return },
-            _ = stop2.changed() => return,
-        }
-        match server::bind(&socket_path) {
-            Ok(l) => {
-                status2.update(|s| s.socket_up = true);
-                tracing::info!(socket = %socket_path.display(), "serving the plugin socket");
-                server::serve(l, pool2, status2.clone(), metrics2, stop2).await;
-                status2.update(|s| s.socket_up = false);
-                let _ = std::fs::remove_file(&socket_path);
-            }
-            Err(e) => {
-                tracing::error!(socket = %socket_path.display(), error = %e, "cannot bind the plugin socket")
-            }
-        }
-    });
-    Ok(AgentHandle {
-        pool,
-        status,
-        metrics,
-        node,
-        introspection_addr,
-        metrics_addr,
-        stop: stop_tx,
-        tasks,
-        socket,
-    })
-}
-
-/// The instance id and region from IMDSv2 (aws-config's client), or INSTANCE_ID.
-pub async fn identify(cfg: &AgentConfig) -> Result<(InstanceId, Option<String>), AgentError> {
-    if let Some(id) = &cfg.instance_id {
-        return Ok((id.clone(), None));
-    }
-    let mut b = aws_config::imds::Client::builder();
-    if let Ok(ep) = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
-        b = b.endpoint(ep.as_str()).map_err(|e| {
-            AgentError::Discovery(format!(
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT={ep:?} is not a URL: {e}"
-            ))
-        })?;
-    } else if std::env::var("AWS_EC2_METADATA_DISABLED")
-        .is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-    {
-        return Err(AgentError::Discovery(
-            "IMDS is disabled (AWS_EC2_METADATA_DISABLED=true) and INSTANCE_ID is not set; set INSTANCE_ID \
-             (and AWS_REGION), or AWS_EC2_METADATA_SERVICE_ENDPOINT"
-                .into(),
-        ));
-    }
-    let imds = b.build();
-    let id = imds.get("/latest/meta-data/instance-id").await.map_err(|e| {
-        AgentError::Discovery(format!(
-            "IMDS did not give the instance id ({e}); where there is no IMDS (LocalStack), set INSTANCE_ID and AWS_REGION"
-        ))
-    })?;
-    let region = imds
-        .get("/latest/meta-data/placement/region")
-        .await
-        .ok()
-        .map(String::from);
-    let id = String::from(id)
-        .parse()
-        .map_err(|e| AgentError::Discovery(format!("IMDS gave a bad instance id: {e}")))?;
-    Ok((id, region))
 }

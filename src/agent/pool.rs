@@ -1,24 +1,30 @@
-//! The one owner of pool state: a thread that holds the durable datastore and takes commands
-//! from a channel. Everything queued when it wakes is applied as one batch with one checkpoint
-//! write (group commit), so a burst of ADDs costs one fsync, not one each.
+//! The one owner of pool state: it holds the durable datastore and takes commands. Everything
+//! queued when it wakes is applied as one batch with one checkpoint write (group commit), so a
+//! burst of ADDs costs one fsync, not one each.
 //!
 //! An ADD that finds no free address waits here (bounded by its timeout) and counts as
 //! pending; the pool loop is woken at once so that the wait is one EC2 call, not a timer tick.
+//!
+//! The agent runs the owner on its own thread with the checkpoint file; the simulator runs it
+//! inline on the caller's task with an in-memory checkpoint (thousands of virtual nodes on one
+//! thread). Either way its clock is tokio's, counted from a Unix epoch, so that cooldowns follow
+//! virtual time where tokio's clock is paused. Only [`PoolHandle`] leaves this module's parent:
+//! how the owner runs is the agent builder's choice.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::core::checkpoint::{CheckpointError, CheckpointSink, LoadReport, MemoryCheckpoint};
 use crate::core::datastore::{BlockId, Datastore};
+use crate::core::inventory::{Inventory, Totals};
 use crate::core::planner::{Limits, PoolSnapshot};
 use crate::core::{
     Change, DatastoreError, EniId, Outcome, PodInfo, PodKey, Store, StoreError, UnixMillis,
@@ -37,71 +43,6 @@ pub enum PoolError {
     /// The owner has stopped (shutdown).
     #[error("the pool owner has stopped")]
     Stopped,
-}
-
-/// One prefix in the introspection view.
-#[derive(Debug, Clone, Serialize)]
-pub struct PrefixView {
-    /// The /28.
-    pub cidr: String,
-    /// Held by pods.
-    pub assigned: u32,
-    /// Cooling down.
-    pub cooling: u32,
-    /// Free.
-    pub free: u32,
-}
-
-/// One secondary address in the introspection view.
-#[derive(Debug, Clone, Serialize)]
-pub struct IpView {
-    /// The address.
-    pub address: Ipv4Addr,
-    /// `assigned`, `cooling` or `free`.
-    pub state: &'static str,
-}
-
-/// One ENI in the introspection view.
-#[derive(Debug, Clone, Serialize)]
-pub struct EniView {
-    /// Id.
-    pub id: EniId,
-    /// Device index.
-    pub device_index: u32,
-    /// Primary ENI.
-    pub primary: bool,
-    /// Prefixes.
-    pub prefixes: Vec<PrefixView>,
-    /// Secondary addresses.
-    pub secondary_ips: Vec<IpView>,
-}
-
-/// One allocation in the introspection view.
-#[derive(Debug, Clone, Serialize)]
-pub struct AllocationView {
-    /// The CNI attachment.
-    pub key: PodKey,
-    /// Address.
-    pub address: Ipv4Addr,
-    /// Pod namespace.
-    pub pod_namespace: String,
-    /// Pod name.
-    pub pod_name: String,
-    /// When, in ms since the epoch.
-    pub allocated_at_ms: u64,
-}
-
-/// The pool for introspection.
-#[derive(Debug, Clone, Serialize)]
-pub struct PoolView {
-    /// ENIs.
-    pub enis: Vec<EniView>,
-    /// Allocations, by address.
-    pub allocations: Vec<AllocationView>,
-    /// ADDs waiting.
-    pub pending: u32,
-    /// Checkpoint writes since start.
-    pub checkpoint_writes: u64,
 }
 
 enum Cmd {
@@ -138,38 +79,34 @@ enum Cmd {
         limits: Limits,
         reply: oneshot::Sender<PoolSnapshot>,
     },
-    View {
-        reply: oneshot::Sender<PoolView>,
+    Inventory {
+        reply: oneshot::Sender<Inventory>,
     },
     Flush {
         reply: oneshot::Sender<Result<(), CheckpointError>>,
     },
 }
 
-/// The datastore's clock: wall time for the agent, or virtual time (tokio's clock, paused in
-/// the simulator) counted from a fixed epoch, so that cooldowns follow the simulated clock.
+/// The datastore's clock: `epoch` plus the tokio time elapsed since `origin`. With tokio's clock
+/// running this is wall time without its jumps; paused (the simulator), it is virtual time.
 #[derive(Debug, Clone, Copy)]
-pub enum Clock {
-    /// The system clock.
-    Wall,
-    /// `epoch` plus the tokio time elapsed since `origin`.
-    Virtual {
-        /// Tokio time at `epoch`.
-        origin: Instant,
-        /// Unix time at `origin`.
-        epoch: UnixMillis,
-    },
+pub(super) struct Clock {
+    origin: Instant,
+    epoch: UnixMillis,
 }
 
 impl Clock {
-    /// Now, in ms since the Unix epoch.
-    pub fn now(&self) -> UnixMillis {
-        match self {
-            Self::Wall => UnixMillis::now(),
-            Self::Virtual { origin, epoch } => {
-                UnixMillis(epoch.0 + Instant::now().duration_since(*origin).as_millis() as u64)
-            }
+    /// A clock that reads `epoch` now.
+    pub(super) fn starting_at(epoch: UnixMillis) -> Self {
+        Self {
+            origin: Instant::now(),
+            epoch,
         }
+    }
+
+    /// Now, in ms since the Unix epoch.
+    pub(super) fn now(&self) -> UnixMillis {
+        UnixMillis(self.epoch.0 + Instant::now().duration_since(self.origin).as_millis() as u64)
     }
 }
 
@@ -182,11 +119,19 @@ enum Link {
     Inline(Arc<Mutex<Owner>>),
 }
 
-/// A cheap, cloneable way to talk to the owner.
+/// A cheap, cloneable way to talk to the owner: the agent's socket server, its loop, its HTTP
+/// endpoints, and the simulator's workload all hold one.
 #[derive(Clone)]
 pub struct PoolHandle {
     link: Link,
-    pending: Arc<AtomicU32>,
+    counters: Arc<Counters>,
+}
+
+/// What the owner publishes without being asked.
+#[derive(Debug, Default)]
+struct Counters {
+    pending: AtomicU32,
+    writes: AtomicU64,
 }
 
 struct Waiter {
@@ -199,61 +144,53 @@ struct Waiter {
 
 /// Opens the checkpoint and starts the owner thread. `wake` is notified whenever an ADD starts
 /// waiting for an address.
-pub fn start(
+pub(super) fn start_threaded(
     checkpoint: &Path,
     cooldown: Duration,
     discard: bool,
+    clock: Clock,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
 ) -> Result<(PoolHandle, LoadReport), CheckpointError> {
-    let (store, report) = Store::open(checkpoint, cooldown, discard, UnixMillis::now())?;
+    let (store, report) = Store::open(checkpoint, cooldown, discard, clock.now())?;
     metrics.dropped(report.dropped.len() as u64);
     let (tx, rx) = mpsc::channel();
-    let pending = Arc::new(AtomicU32::new(0));
-    let owner = Owner {
-        store: store.boxed(),
-        waiters: VecDeque::new(),
-        pending: pending.clone(),
-        wake,
-        metrics,
-        clock: Clock::Wall,
-    };
+    let counters = Arc::new(Counters::default());
+    let owner = Owner::new(store.boxed(), counters.clone(), wake, metrics, clock);
     std::thread::Builder::new()
         .name("prefixd-pool".into())
         .spawn(move || owner.run(rx))
-        .expect("spawn the pool thread");
+        .map_err(|source| CheckpointError::Io {
+            path: checkpoint.to_owned(),
+            op: "start the pool thread for",
+            source,
+        })?;
     Ok((
         PoolHandle {
             link: Link::Thread(tx),
-            pending,
+            counters,
         },
         report,
     ))
 }
 
 /// A pool with no thread and no file: each request is handled on the caller's task, with an
-/// in-memory checkpoint and `clock`. The simulator runs thousands of these on virtual time.
-pub fn start_inline(
+/// in-memory checkpoint.
+pub(super) fn start_inline(
     cooldown: Duration,
+    clock: Clock,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
-    clock: Clock,
 ) -> PoolHandle {
-    let pending = Arc::new(AtomicU32::new(0));
-    let owner = Owner {
-        store: Store::new(
-            Datastore::new(cooldown),
-            Box::new(MemoryCheckpoint::default()),
-        ),
-        waiters: VecDeque::new(),
-        pending: pending.clone(),
-        wake,
-        metrics,
-        clock,
-    };
+    let counters = Arc::new(Counters::default());
+    let store = Store::new(
+        Datastore::new(cooldown),
+        Box::new(MemoryCheckpoint::default()) as Box<dyn CheckpointSink + Send>,
+    );
+    let owner = Owner::new(store, counters.clone(), wake, metrics, clock);
     PoolHandle {
         link: Link::Inline(Arc::new(Mutex::new(owner))),
-        pending,
+        counters,
     }
 }
 
@@ -272,7 +209,12 @@ impl PoolHandle {
 
     /// ADDs waiting for an address.
     pub fn pending(&self) -> u32 {
-        self.pending.load(Ordering::Relaxed)
+        self.counters.pending.load(Ordering::Relaxed)
+    }
+
+    /// Checkpoint writes since start.
+    pub fn checkpoint_writes(&self) -> u64 {
+        self.counters.writes.load(Ordering::Relaxed)
     }
 
     /// An address for `key`, waiting up to `timeout` for one to be free.
@@ -337,9 +279,9 @@ impl PoolHandle {
         self.ask(|reply| Cmd::Snapshot { limits, reply }).await
     }
 
-    /// The introspection view.
-    pub async fn view(&self) -> Result<PoolView, PoolError> {
-        self.ask(|reply| Cmd::View { reply }).await
+    /// Every ENI, block and allocation, typed.
+    pub async fn inventory(&self) -> Result<Inventory, PoolError> {
+        self.ask(|reply| Cmd::Inventory { reply }).await
     }
 
     /// Writes the checkpoint now (shutdown).
@@ -353,7 +295,7 @@ impl PoolHandle {
 struct Owner {
     store: Store<Box<dyn CheckpointSink + Send>>,
     waiters: VecDeque<Waiter>,
-    pending: Arc<AtomicU32>,
+    counters: Arc<Counters>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     clock: Clock,
@@ -370,6 +312,23 @@ enum Route {
 }
 
 impl Owner {
+    fn new(
+        store: Store<Box<dyn CheckpointSink + Send>>,
+        counters: Arc<Counters>,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            store,
+            waiters: VecDeque::new(),
+            counters,
+            wake,
+            metrics,
+            clock,
+        }
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         loop {
             let first = if self.waiters.is_empty() {
@@ -580,9 +539,9 @@ impl Owner {
                     self.waiters.len() as u32,
                 ));
             }
-            Cmd::View { reply } => {
+            Cmd::Inventory { reply } => {
                 self.store.expire(self.clock.now());
-                let _ = reply.send(self.view());
+                let _ = reply.send(Inventory::of(self.store.datastore()));
             }
             Cmd::TakeFreeSecondary { eni, count, reply } => {
                 self.store.expire(self.clock.now());
@@ -629,95 +588,14 @@ impl Owner {
         }
     }
 
-    fn view(&self) -> PoolView {
-        let ds = self.store.datastore();
-        let enis = ds
-            .enis()
-            .iter()
-            .map(|(id, e)| EniView {
-                id: id.clone(),
-                device_index: e.device_index,
-                primary: e.primary,
-                prefixes: e
-                    .prefixes
-                    .iter()
-                    .map(|p| {
-                        let u = ds.usage(BlockId::Prefix(*p)).unwrap_or_default();
-                        PrefixView {
-                            cidr: p.to_string(),
-                            assigned: u.assigned,
-                            cooling: u.cooling,
-                            free: u.free,
-                        }
-                    })
-                    .collect(),
-                secondary_ips: e
-                    .secondary_ips
-                    .iter()
-                    .map(|a| {
-                        let u = ds.usage(BlockId::Ip(*a)).unwrap_or_default();
-                        IpView {
-                            address: *a,
-                            state: if u.assigned > 0 {
-                                "assigned"
-                            } else if u.cooling > 0 {
-                                "cooling"
-                            } else {
-                                "free"
-                            },
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
-        let mut allocations: Vec<AllocationView> = ds
-            .allocations()
-            .map(|(k, a)| AllocationView {
-                key: k.clone(),
-                address: a.address,
-                pod_namespace: a.pod.namespace.clone(),
-                pod_name: a.pod.name.clone(),
-                allocated_at_ms: a.allocated_at.0,
-            })
-            .collect();
-        allocations.sort_by_key(|a| a.address);
-        PoolView {
-            enis,
-            allocations,
-            pending: self.waiters.len() as u32,
-            checkpoint_writes: self.store.writes(),
-        }
-    }
-
     fn publish(&mut self) {
         let pending = self.waiters.len() as u32;
-        self.pending.store(pending, Ordering::Relaxed);
+        self.counters.pending.store(pending, Ordering::Relaxed);
+        self.counters
+            .writes
+            .store(self.store.writes(), Ordering::Relaxed);
         let ds = self.store.datastore();
-        let (mut total, mut assigned, mut cooling, mut prefixes, mut secondary) = (0, 0, 0, 0, 0);
-        for e in ds.enis().values() {
-            for p in &e.prefixes {
-                let u = ds.usage(BlockId::Prefix(*p)).unwrap_or_default();
-                total += 16;
-                assigned += u.assigned;
-                cooling += u.cooling;
-                prefixes += 1;
-            }
-            for a in &e.secondary_ips {
-                let u = ds.usage(BlockId::Ip(*a)).unwrap_or_default();
-                total += 1;
-                assigned += u.assigned;
-                cooling += u.cooling;
-                secondary += 1;
-            }
-        }
-        self.metrics.pool(
-            total,
-            assigned,
-            cooling,
-            prefixes,
-            secondary,
-            ds.enis().len() as u32,
-            pending,
-        );
+        self.metrics
+            .pool(Totals::of(ds), ds.enis().len() as u32, pending);
     }
 }

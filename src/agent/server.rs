@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,34 @@ use crate::metrics::Metrics;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest ADD wait the agent accepts from a client.
 const MAX_ADD_WAIT: Duration = Duration::from_secs(300);
+
+/// The socket's life: it opens only after the first resync (until then the datastore may hold
+/// prefixes EC2 has taken back), serves until `stop`, drains, and removes the file.
+pub(super) async fn run(
+    path: PathBuf,
+    pool: PoolHandle,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    mut resynced: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        r = resynced.wait_for(|done| *done) => if r.is_err() { return },
+        _ = stop.changed() => return,
+    }
+    match bind(&path) {
+        Ok(l) => {
+            status.update(|s| s.socket_up = true);
+            tracing::info!(socket = %path.display(), "serving the plugin socket");
+            serve(l, pool, status.clone(), metrics, stop).await;
+            status.update(|s| s.socket_up = false);
+            let _ = std::fs::remove_file(&path);
+        }
+        Err(e) => {
+            tracing::error!(socket = %path.display(), error = %e, "cannot bind the plugin socket")
+        }
+    }
+}
 
 /// Binds the socket (replacing a stale file), mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {

@@ -1,64 +1,66 @@
-//! Warm-pool settings: the VPC CNI's env var names, their defaults, and one parser that every
-//! entry point (env vars, flags, tests) goes through. A bad value stops start-up with a message
-//! naming the variable; nothing is replaced by a default in silence.
+//! Warm-pool settings: the VPC CNI's env var names, their defaults, and the one reader that
+//! every entry point (the CLI, the demo, the simulator, tests) goes through
+//! ([`PoolConfig::from_lookup`]). A bad value stops start-up with a message naming the variable.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-/// Env var names, as the VPC CNI spells them.
-pub mod env {
-    /// Wholly free prefixes to keep (prefix mode, when WARM_IP_TARGET is unset).
-    pub const WARM_PREFIX_TARGET: &str = "WARM_PREFIX_TARGET";
-    /// Free addresses to keep; 0 = unset.
-    pub const WARM_IP_TARGET: &str = "WARM_IP_TARGET";
-    /// Floor on the total addresses; 0 = unset.
-    pub const MINIMUM_IP_TARGET: &str = "MINIMUM_IP_TARGET";
-    /// ENIs' worth of free addresses to keep (secondary-IP mode).
-    pub const WARM_ENI_TARGET: &str = "WARM_ENI_TARGET";
-    /// Cap on ENIs; -1 = the instance type's limit.
-    pub const MAX_ENI: &str = "MAX_ENI";
-    /// Prefix mode (true) or secondary-IP mode (false).
-    pub const ENABLE_PREFIX_DELEGATION: &str = "ENABLE_PREFIX_DELEGATION";
-    /// How long a released address waits before reuse.
-    pub const IP_COOLDOWN_PERIOD: &str = "IP_COOLDOWN_PERIOD";
-}
+pub use super::settings::{ConfigError, parse_bool, parse_count, parse_duration};
+use super::settings::{Setting, Values, ser_duration};
 
-/// Defaults, as text (they are also clap's `default_value`s, shown in `--help`).
-pub mod defaults {
-    /// WARM_PREFIX_TARGET.
-    pub const WARM_PREFIX_TARGET: &str = "1";
-    /// WARM_IP_TARGET (unset).
-    pub const WARM_IP_TARGET: &str = "0";
-    /// MINIMUM_IP_TARGET (unset).
-    pub const MINIMUM_IP_TARGET: &str = "0";
-    /// WARM_ENI_TARGET.
-    pub const WARM_ENI_TARGET: &str = "1";
-    /// MAX_ENI (the instance limit).
-    pub const MAX_ENI: &str = "-1";
-    /// ENABLE_PREFIX_DELEGATION: prefixd is a prefix-delegation manager.
-    pub const ENABLE_PREFIX_DELEGATION: &str = "true";
-    /// IP_COOLDOWN_PERIOD.
-    pub const IP_COOLDOWN_PERIOD: &str = "30s";
-}
+/// WARM_PREFIX_TARGET.
+pub const WARM_PREFIX_TARGET: Setting = Setting::new(
+    "WARM_PREFIX_TARGET",
+    "1",
+    "wholly free /28 prefixes to keep (when WARM_IP_TARGET is 0)",
+);
+/// WARM_IP_TARGET.
+pub const WARM_IP_TARGET: Setting =
+    Setting::new("WARM_IP_TARGET", "0", "free addresses to keep (0 = unset)");
+/// MINIMUM_IP_TARGET.
+pub const MINIMUM_IP_TARGET: Setting = Setting::new(
+    "MINIMUM_IP_TARGET",
+    "0",
+    "floor on addresses held (0 = unset); never stops other growth",
+);
+/// WARM_ENI_TARGET.
+pub const WARM_ENI_TARGET: Setting = Setting::new(
+    "WARM_ENI_TARGET",
+    "1",
+    "secondary-IP mode: ENIs' worth of free addresses",
+);
+/// MAX_ENI.
+pub const MAX_ENI: Setting = Setting::new("MAX_ENI", "-1", "cap on ENIs (-1 = instance limit)");
+/// ENABLE_PREFIX_DELEGATION: prefixd is a prefix-delegation manager.
+pub const ENABLE_PREFIX_DELEGATION: Setting = Setting::new(
+    "ENABLE_PREFIX_DELEGATION",
+    "true",
+    "/28 prefixes (true) or /32 secondary addresses (false)",
+);
+/// IP_COOLDOWN_PERIOD.
+pub const IP_COOLDOWN_PERIOD: Setting = Setting::new(
+    "IP_COOLDOWN_PERIOD",
+    "30s",
+    "released addresses wait this long before reuse",
+);
+
+/// The warm-pool settings.
+pub const SETTINGS: &[Setting] = &[
+    WARM_PREFIX_TARGET,
+    WARM_IP_TARGET,
+    MINIMUM_IP_TARGET,
+    WARM_ENI_TARGET,
+    MAX_ENI,
+    ENABLE_PREFIX_DELEGATION,
+    IP_COOLDOWN_PERIOD,
+];
 
 /// Upper bounds: far above any instance's capacity, low enough to catch a typo.
 const MAX_WARM_PREFIXES: u32 = 4_096;
 const MAX_ADDRESSES: u32 = 65_536;
 const MAX_ENIS: u32 = 128;
 const MAX_COOLDOWN: Duration = Duration::from_secs(3_600);
-
-/// A setting that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{var}={value:?} is invalid: {why}")]
-pub struct ConfigError {
-    /// The env var (or flag) name.
-    pub var: &'static str,
-    /// What it was set to.
-    pub value: String,
-    /// What is wrong and what is accepted.
-    pub why: String,
-}
 
 /// How the pool grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,10 +111,6 @@ pub struct PoolConfig {
     pub cooldown: Duration,
 }
 
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{}ms", d.as_millis()))
-}
-
 impl PoolConfig {
     /// The mode the planner starts in.
     pub fn mode(&self) -> Mode {
@@ -123,81 +121,32 @@ impl PoolConfig {
         }
     }
 
-    /// Reads every pool setting through `lookup` (the process environment, clap's values, or a
-    /// test's map). Absent names take their defaults.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |var: &'static str, default: &str| {
-            let v = lookup(var).unwrap_or_else(|| default.to_owned());
-            (var, v)
-        };
-        let (var, v) = get(env::WARM_PREFIX_TARGET, defaults::WARM_PREFIX_TARGET);
-        let warm_prefix_target = parse_count(var, &v, MAX_WARM_PREFIXES)?;
-        let (var, v) = get(env::WARM_IP_TARGET, defaults::WARM_IP_TARGET);
-        let warm_ip_target = parse_count(var, &v, MAX_ADDRESSES)?;
-        let (var, v) = get(env::MINIMUM_IP_TARGET, defaults::MINIMUM_IP_TARGET);
-        let minimum_ip_target = parse_count(var, &v, MAX_ADDRESSES)?;
-        let (var, v) = get(env::WARM_ENI_TARGET, defaults::WARM_ENI_TARGET);
-        let warm_eni_target = parse_count(var, &v, MAX_ENIS)?;
-        let (var, v) = get(env::MAX_ENI, defaults::MAX_ENI);
-        let max_eni = parse_max_eni(var, &v)?;
-        let (var, v) = get(
-            env::ENABLE_PREFIX_DELEGATION,
-            defaults::ENABLE_PREFIX_DELEGATION,
-        );
-        let prefix_delegation = parse_bool(var, &v)?;
-        let (var, v) = get(env::IP_COOLDOWN_PERIOD, defaults::IP_COOLDOWN_PERIOD);
-        let cooldown = parse_duration(var, &v)?;
+    /// Reads every pool setting from `v`; absent names take their defaults.
+    pub fn from_lookup(v: &Values) -> Result<Self, ConfigError> {
+        let cooldown = v.duration(&IP_COOLDOWN_PERIOD)?;
         if cooldown > MAX_COOLDOWN {
-            return Err(ConfigError {
-                var,
-                value: v,
-                why: "must be at most 1h".into(),
-            });
+            return Err(ConfigError::new(
+                IP_COOLDOWN_PERIOD.var,
+                v.value(&IP_COOLDOWN_PERIOD).unwrap_or_default(),
+                "must be at most 1h",
+            ));
         }
         Ok(Self {
             targets: Targets {
-                warm_prefix_target,
-                warm_ip_target,
-                minimum_ip_target,
-                warm_eni_target,
-                max_eni,
+                warm_prefix_target: v.count(&WARM_PREFIX_TARGET, MAX_WARM_PREFIXES)?,
+                warm_ip_target: v.count(&WARM_IP_TARGET, MAX_ADDRESSES)?,
+                minimum_ip_target: v.count(&MINIMUM_IP_TARGET, MAX_ADDRESSES)?,
+                warm_eni_target: v.count(&WARM_ENI_TARGET, MAX_ENIS)?,
+                max_eni: parse_max_eni(v.value(&MAX_ENI).unwrap_or_default())?,
             },
-            prefix_delegation,
+            prefix_delegation: v.bool(&ENABLE_PREFIX_DELEGATION)?,
             cooldown,
         })
     }
 }
 
-/// A whole number from 0 to `max`.
-pub fn parse_count(var: &'static str, value: &str, max: u32) -> Result<u32, ConfigError> {
-    let err = |why: String| ConfigError {
-        var,
-        value: value.to_owned(),
-        why,
-    };
-    let t = value.trim();
-    if t.is_empty() {
-        return Err(err(format!(
-            "it is empty; set a whole number from 0 to {max}, or remove it for the default"
-        )));
-    }
-    if t.starts_with('-') && t[1..].bytes().all(|b| b.is_ascii_digit()) && t.len() > 1 {
-        return Err(err(format!(
-            "it is negative; set a whole number from 0 to {max}"
-        )));
-    }
-    let n: u64 = t
-        .parse()
-        .map_err(|_| err(format!("not a whole number; set one from 0 to {max}")))?;
-    if n > u64::from(max) {
-        return Err(err(format!(
-            "out of range; set a whole number from 0 to {max}"
-        )));
-    }
-    Ok(n as u32)
-}
-
-fn parse_max_eni(var: &'static str, value: &str) -> Result<Option<u32>, ConfigError> {
+fn parse_max_eni(value: &str) -> Result<Option<u32>, ConfigError> {
+    let var = MAX_ENI.var;
     if value.trim() == "-1" {
         return Ok(None);
     }
@@ -206,66 +155,27 @@ fn parse_max_eni(var: &'static str, value: &str) -> Result<Option<u32>, ConfigEr
         e
     })?;
     if n == 0 {
-        return Err(ConfigError {
+        return Err(ConfigError::new(
             var,
-            value: value.to_owned(),
-            why: format!(
+            value,
+            format!(
                 "0 ENIs leaves no primary ENI; set -1 for the instance type's limit, or 1 to {MAX_ENIS}"
             ),
-        });
+        ));
     }
     Ok(Some(n))
-}
-
-/// `true` or `false` (any case).
-pub fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(ConfigError {
-            var,
-            value: value.to_owned(),
-            why: "set true or false".into(),
-        }),
-    }
-}
-
-/// A duration: `500ms`, `30s`, `2m`, `1h`, or bare seconds (`30`).
-pub fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    let err = || ConfigError {
-        var,
-        value: value.to_owned(),
-        why: "not a duration; write it as 500ms, 30s, 2m, 1h or bare seconds".into(),
-    };
-    let t = value.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(err());
-    }
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let ms = match unit {
-        "" | "s" => n.checked_mul(1_000),
-        "ms" => Some(n),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => None,
-    }
-    .ok_or_else(err)?;
-    Ok(Duration::from_millis(ms))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<PoolConfig, ConfigError> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        PoolConfig::from_lookup(|k| m.get(k).cloned())
+        PoolConfig::from_lookup(&Values::from_pairs(
+            pairs.iter().copied(),
+            &[SETTINGS],
+            "pool",
+        )?)
     }
 
     #[test]
@@ -331,18 +241,5 @@ mod tests {
                 .why
                 .contains("negative")
         );
-    }
-
-    #[test]
-    fn durations() {
-        let d = |s| parse_duration("X", s).unwrap();
-        assert_eq!(d("30s"), Duration::from_secs(30));
-        assert_eq!(d("500ms"), Duration::from_millis(500));
-        assert_eq!(d("2m"), Duration::from_secs(120));
-        assert_eq!(d("45"), Duration::from_secs(45));
-        assert_eq!(d("1h"), Duration::from_secs(3600));
-        assert!(parse_duration("X", "").is_err());
-        assert!(parse_duration("X", "-1s").is_err());
-        assert!(parse_duration("X", "99999999999999999999s").is_err());
     }
 }

@@ -198,7 +198,7 @@ pub struct EniEntry {
 }
 
 /// Counts for one prefix or for an ENI's secondary addresses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
     /// Held by pods.
     pub assigned: u32,

@@ -39,15 +39,25 @@ impl InstanceTypeInfo {
         self.ipv4_per_eni.saturating_sub(1)
     }
 
-    /// The EKS max-pods formula: secondary-IP mode `ENIs × (IPv4 per ENI − 1) + 2`; prefix mode
-    /// `ENIs × ((IPv4 per ENI − 1) × 16) + 2`, capped at 110 under 30 vCPUs and 250 otherwise.
+    /// The EKS max-pods formula ([`max_pods`]) for this type.
     pub fn max_pods(&self, prefix_mode: bool) -> u32 {
-        if prefix_mode && self.supports_prefixes() {
-            let raw = self.max_enis * self.slots_per_eni() * 16 + 2;
-            raw.min(if self.vcpus < 30 { 110 } else { 250 })
-        } else {
-            self.max_enis * self.slots_per_eni() + 2
-        }
+        max_pods(
+            self.max_enis,
+            self.ipv4_per_eni,
+            self.vcpus,
+            prefix_mode && self.supports_prefixes(),
+        )
+    }
+}
+
+/// The EKS max-pods formula: secondary-IP mode `ENIs × (IPv4 per ENI − 1) + 2`; prefix mode
+/// `ENIs × ((IPv4 per ENI − 1) × 16) + 2`, capped at 110 under 30 vCPUs and 250 otherwise.
+pub fn max_pods(max_enis: u32, ipv4_per_eni: u32, vcpus: u32, prefix_mode: bool) -> u32 {
+    let slots = ipv4_per_eni.saturating_sub(1);
+    if prefix_mode {
+        (max_enis * slots * 16 + 2).min(if vcpus < 30 { 110 } else { 250 })
+    } else {
+        max_enis * slots + 2
     }
 }
 

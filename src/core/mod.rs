@@ -1,19 +1,24 @@
 //! The pure core: identifiers, the address datastore and its checkpoint, the warm-pool planner
-//! and its settings. Nothing here does network I/O or needs an async runtime; the checkpoint is
-//! the only file I/O.
+//! and the resync diff, settings and backoff. Nothing here does network I/O, needs an async
+//! runtime or names an AWS crate; the checkpoint is the only file I/O.
 
+pub mod backoff;
 pub mod checkpoint;
 pub mod config;
 pub mod datastore;
 pub mod instance_types;
+pub mod inventory;
 pub mod planner;
+pub mod resync;
 pub mod rng;
+pub mod settings;
 pub mod store;
 pub mod types;
 
 pub use checkpoint::{CheckpointError, CheckpointV1, FileCheckpoint, LoadReport};
 pub use config::{Mode, PoolConfig, Targets};
 pub use datastore::{Allocated, Allocation, BlockId, Datastore, DatastoreError, PodInfo};
+pub use inventory::Inventory;
 pub use planner::{Limits, Plan, PoolSnapshot, plan};
 pub use store::{Change, Outcome, Store, StoreError};
 pub use types::{EniId, InstanceId, PodKey, Prefix28, SubnetId, UnixMillis};

@@ -350,30 +350,31 @@ mod tests {
         PodKey::new("net", c, "eth0").unwrap()
     }
 
-    fn store() -> Store<MemoryCheckpoint> {
-        let mut s = Store::new(
-            Datastore::new(Duration::from_secs(30)),
-            MemoryCheckpoint::default(),
-        );
+    /// A store with cooldown `cooldown` and one primary ENI carrying `block`.
+    fn store_with(
+        cooldown: Duration,
+        block: impl FnOnce(EniId) -> Change,
+    ) -> Store<MemoryCheckpoint> {
+        let mut s = Store::new(Datastore::new(cooldown), MemoryCheckpoint::default());
         let eni: EniId = "eni-1".parse().unwrap();
-        s.apply(
+        for change in [
             Change::AddEni {
                 id: eni.clone(),
                 device_index: 0,
                 primary: true,
             },
-            UnixMillis(0),
-        )
-        .unwrap();
-        s.apply(
-            Change::AddPrefix {
-                eni,
-                prefix: "10.0.0.16/28".parse().unwrap(),
-            },
-            UnixMillis(0),
-        )
-        .unwrap();
+            block(eni),
+        ] {
+            s.apply(change, UnixMillis(0)).unwrap();
+        }
         s
+    }
+
+    fn store() -> Store<MemoryCheckpoint> {
+        store_with(Duration::from_secs(30), |eni| Change::AddPrefix {
+            eni,
+            prefix: "10.0.0.16/28".parse().unwrap(),
+        })
     }
 
     fn reload(s: &Store<MemoryCheckpoint>) -> Datastore {
@@ -486,25 +487,10 @@ mod tests {
 
     #[test]
     fn undo_after_zero_cooldown_reuse_in_one_batch() {
-        let mut s = Store::new(Datastore::new(Duration::ZERO), MemoryCheckpoint::default());
-        let eni: EniId = "eni-1".parse().unwrap();
-        s.apply(
-            Change::AddEni {
-                id: eni.clone(),
-                device_index: 0,
-                primary: true,
-            },
-            UnixMillis(0),
-        )
-        .unwrap();
-        s.apply(
-            Change::AddSecondaryIp {
-                eni,
-                addr: Ipv4Addr::new(10, 0, 0, 9),
-            },
-            UnixMillis(0),
-        )
-        .unwrap();
+        let mut s = store_with(Duration::ZERO, |eni| Change::AddSecondaryIp {
+            eni,
+            addr: Ipv4Addr::new(10, 0, 0, 9),
+        });
         s.allocate(key("a"), PodInfo::default(), UnixMillis(0))
             .unwrap();
         let before = s.datastore().clone();

@@ -1,10 +1,65 @@
 //! A client-side token bucket for mutating EC2 calls (EC2_API_QPS, EC2_API_BURST), so that one
-//! node's agent never spends more than its share of the account's EC2 buckets.
+//! node's agent never spends more than its share of the account's EC2 buckets; and its settings.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::time::Instant;
+
+use crate::core::settings::{ConfigError, Setting, Values};
+
+/// EC2_API_QPS.
+pub const EC2_API_QPS: Setting = Setting::new(
+    "EC2_API_QPS",
+    "0.01",
+    "client-side sustained rate of mutating EC2 calls, per second",
+);
+/// EC2_API_BURST.
+pub const EC2_API_BURST: Setting = Setting::new(
+    "EC2_API_BURST",
+    "40",
+    "client-side burst of mutating EC2 calls",
+);
+/// The limiter's settings.
+pub const SETTINGS: &[Setting] = &[EC2_API_QPS, EC2_API_BURST];
+
+/// The limiter's rate and burst, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LimiterConfig {
+    /// EC2_API_QPS.
+    pub qps: f64,
+    /// EC2_API_BURST.
+    pub burst: u32,
+}
+
+impl LimiterConfig {
+    /// Reads EC2_API_QPS and EC2_API_BURST from `v`.
+    pub fn from_lookup(v: &Values) -> Result<Self, ConfigError> {
+        let text = v.value(&EC2_API_QPS).unwrap_or_default();
+        let qps = text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|q| q.is_finite() && *q > 0.0 && *q <= 1000.0)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    EC2_API_QPS.var,
+                    text,
+                    "set a number of calls per second above 0 and at most 1000",
+                )
+            })?;
+        Ok(Self {
+            qps,
+            burst: v.positive_count(&EC2_API_BURST, 10_000)?,
+        })
+    }
+
+    /// A limiter with these settings, full.
+    pub fn limiter(&self) -> Limiter {
+        Limiter::new(self.qps, self.burst)
+    }
+}
 
 /// Token bucket; `acquire` waits for a token.
 #[derive(Debug)]

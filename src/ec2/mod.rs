@@ -1,9 +1,11 @@
 //! The EC2 seam: our verbs, our types, and errors classified once.
 //!
-//! The agent reaches EC2 only through [`Ec2`]. [`sdk::SdkEc2`] implements it with aws-sdk-ec2;
-//! its errors are sorted into an [`ErrorClass`] in one place, so that no other code matches on
-//! error strings.
+//! The agent reaches EC2 only through [`Ec2`]. [`sdk::SdkEc2`] implements it with aws-sdk-ec2
+//! (the `aws` part of the crate); its errors are sorted into an [`ErrorClass`] in one place, so
+//! that no other code matches on error strings. [`Action`] names every call; [`limiter`] is the
+//! client-side token bucket on mutating calls, with its settings.
 
+pub mod action;
 pub mod limiter;
 pub mod sdk;
 
@@ -11,23 +13,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
 
-use crate::core::{EniId, InstanceId, Prefix28, SubnetId};
+pub use action::{Action, BucketSpec};
 
-/// Every EC2 action the agent calls (the IAM policy in deploy/ grants exactly these).
-pub const ACTIONS: &[&str] = &[
-    "AssignPrivateIpAddresses",
-    "AttachNetworkInterface",
-    "CreateNetworkInterface",
-    "CreateTags",
-    "DeleteNetworkInterface",
-    "DescribeInstanceTypes",
-    "DescribeInstances",
-    "DescribeNetworkInterfaces",
-    "DescribeSubnets",
-    "DetachNetworkInterface",
-    "ModifyNetworkInterfaceAttribute",
-    "UnassignPrivateIpAddresses",
-];
+use crate::core::{EniId, InstanceId, Prefix28, SubnetId};
 
 /// How the SDK client retries a call by itself (aws-smithy's retry settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +55,26 @@ pub mod tags {
     pub const CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
     /// CLUSTER_NAME, when set.
     pub const CLUSTER_NAME: &str = "cluster.k8s.amazonaws.com/name";
+    /// An attached ENI with this tag set to `true` is left alone (the VPC CNI's name).
+    pub const NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
+}
+
+/// Tags for an ENI the agent creates for `instance`, made `now`.
+pub fn eni_tags(
+    instance: &InstanceId,
+    cluster: Option<&str>,
+    now: std::time::SystemTime,
+) -> BTreeMap<String, String> {
+    let mut t = BTreeMap::new();
+    t.insert(tags::INSTANCE_ID.to_owned(), instance.to_string());
+    t.insert(
+        tags::CREATED_AT.to_owned(),
+        humantime::format_rfc3339_seconds(now).to_string(),
+    );
+    if let Some(c) = cluster {
+        t.insert(tags::CLUSTER_NAME.to_owned(), c.to_owned());
+    }
+    t
 }
 
 /// What kind of failure an EC2 error is; the loop decides on this alone.
@@ -88,6 +96,24 @@ pub enum ErrorClass {
     Transient,
     /// Anything else: a bug or bad input; surfaced, not retried blindly.
     Fatal,
+}
+
+impl Ec2Error {
+    /// An error of `action` with EC2's `code` (and HTTP status, when known), classified.
+    pub fn classified(
+        action: Action,
+        code: impl Into<String>,
+        status: Option<u16>,
+        message: impl Into<String>,
+    ) -> Self {
+        let code = code.into();
+        Self {
+            action,
+            class: ErrorClass::of(&code, status),
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 impl ErrorClass {
@@ -128,7 +154,7 @@ impl ErrorClass {
 #[error("EC2 {action} failed ({code}, {}): {message}", class.as_str())]
 pub struct Ec2Error {
     /// The action.
-    pub action: &'static str,
+    pub action: Action,
     /// Its class.
     pub class: ErrorClass,
     /// EC2's code (or a transport error's kind).

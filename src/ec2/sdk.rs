@@ -1,8 +1,7 @@
-//! [`Ec2`] over aws-sdk-ec2: region, credentials, endpoint and retries from aws-config (the
-//! SDK's standard retry mode), a client-side limiter on mutating calls, metrics for every call,
-//! and errors classified here, once.
+//! [`Ec2`] over aws-sdk-ec2: region, credentials and endpoint from aws-config, no SDK retries
+//! ([`RetryPolicy::AGENT`]: the agent's loop retries), a client-side limiter on mutating calls,
+//! metrics for every call, and errors classified here, once.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -10,6 +9,8 @@ use std::time::Instant;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::assign_private_ip_addresses::AssignPrivateIpAddressesOutput as AssignOutput;
+use aws_sdk_ec2::operation::assign_private_ip_addresses::builders::AssignPrivateIpAddressesFluentBuilder as AssignBuilder;
 use aws_sdk_ec2::types::{
     Filter, InstanceType, NetworkInterface, NetworkInterfaceAttachmentChanges, ResourceType, Tag,
     TagSpecification,
@@ -17,8 +18,8 @@ use aws_sdk_ec2::types::{
 
 use super::limiter::Limiter;
 use super::{
-    Ec2, Ec2Error, EniInfo, ErrorClass, InstanceInfo, NewEni, RetryPolicy, SubnetInfo, TypeLimits,
-    tags,
+    Action, Ec2, Ec2Error, EniInfo, ErrorClass, InstanceInfo, NewEni, RetryPolicy, SubnetInfo,
+    TypeLimits, tags,
 };
 use crate::core::{EniId, InstanceId, Prefix28, SubnetId};
 use crate::metrics::Metrics;
@@ -49,34 +50,33 @@ pub struct SdkEc2 {
     metrics: Arc<Metrics>,
 }
 
-fn classify<E>(action: &'static str, e: SdkError<E, HttpResponse>) -> Ec2Error
+fn classify<E>(action: Action, e: SdkError<E, HttpResponse>) -> Ec2Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let (class, code) = match &e {
-        SdkError::ServiceError(_) => {
-            let code = e.code().unwrap_or("Unknown").to_owned();
-            let status = e.raw_response().map(|r| r.status().as_u16());
-            (ErrorClass::of(&code, status), code)
-        }
-        SdkError::TimeoutError(_) => (ErrorClass::Transient, "Timeout".into()),
-        SdkError::DispatchFailure(_) => (ErrorClass::Transient, "DispatchFailure".into()),
-        SdkError::ResponseError(_) => (ErrorClass::Transient, "ResponseError".into()),
-        _ => (ErrorClass::Fatal, "ConstructionFailure".into()),
-    };
     let message = e
         .message()
         .map(str::to_owned)
         .unwrap_or_else(|| DisplayErrorContext(&e).to_string());
+    let (class, code) = match &e {
+        SdkError::ServiceError(_) => {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            return Ec2Error::classified(action, e.code().unwrap_or("Unknown"), status, message);
+        }
+        SdkError::TimeoutError(_) => (ErrorClass::Transient, "Timeout"),
+        SdkError::DispatchFailure(_) => (ErrorClass::Transient, "DispatchFailure"),
+        SdkError::ResponseError(_) => (ErrorClass::Transient, "ResponseError"),
+        _ => (ErrorClass::Fatal, "ConstructionFailure"),
+    };
     Ec2Error {
         action,
         class,
-        code,
+        code: code.into(),
         message,
     }
 }
 
-fn bad_response(action: &'static str, what: &str) -> Ec2Error {
+fn bad_response(action: Action, what: &str) -> Ec2Error {
     Ec2Error {
         action,
         class: ErrorClass::Fatal,
@@ -137,19 +137,18 @@ impl SdkEc2 {
 
     async fn call<T, E, Fut>(
         &self,
-        action: &'static str,
-        mutating: bool,
+        action: Action,
         fut: impl FnOnce() -> Fut,
     ) -> Result<T, Ec2Error>
     where
         Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        if mutating {
+        if action.is_mutating() {
             let waited = self.limiter.acquire().await;
             if !waited.is_zero() {
                 tracing::debug!(
-                    action,
+                    %action,
                     waited_ms = waited.as_millis() as u64,
                     "EC2 call waited for the client-side limiter"
                 );
@@ -160,9 +159,26 @@ impl SdkEc2 {
         let class = r.as_ref().err().map(|e| e.class);
         self.metrics.ec2_call(action, class, start.elapsed());
         if let Err(e) = &r {
-            tracing::warn!(action, code = %e.code, class = e.class.as_str(), message = %e.message, "EC2 call failed");
+            tracing::warn!(%action, code = %e.code, class = e.class.as_str(), message = %e.message, "EC2 call failed");
         }
         r
+    }
+
+    /// AssignPrivateIpAddresses on `eni`, with what `what` asks for.
+    async fn assign(
+        &self,
+        eni: &EniId,
+        what: impl Fn(AssignBuilder) -> AssignBuilder,
+    ) -> Result<AssignOutput, Ec2Error> {
+        self.call(Action::AssignPrivateIpAddresses, || {
+            what(
+                self.client
+                    .assign_private_ip_addresses()
+                    .network_interface_id(eni.as_str()),
+            )
+            .send()
+        })
+        .await
     }
 
     async fn describe_enis(&self, filters: Vec<Filter>) -> Result<Vec<EniInfo>, Ec2Error> {
@@ -170,7 +186,7 @@ impl SdkEc2 {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .call("DescribeNetworkInterfaces", false, || {
+                .call(Action::DescribeNetworkInterfaces, || {
                     self.client
                         .describe_network_interfaces()
                         .set_filters(Some(filters.clone()))
@@ -197,9 +213,9 @@ fn filter(name: &str, value: &str) -> Filter {
 
 impl Ec2 for SdkEc2 {
     async fn describe_instance(&self, id: &InstanceId) -> Result<InstanceInfo, Ec2Error> {
-        const A: &str = "DescribeInstances";
+        const A: Action = Action::DescribeInstances;
         let r = self
-            .call(A, false, || {
+            .call(A, || {
                 self.client
                     .describe_instances()
                     .instance_ids(id.as_str())
@@ -241,9 +257,9 @@ impl Ec2 for SdkEc2 {
     }
 
     async fn describe_instance_type(&self, name: &str) -> Result<TypeLimits, Ec2Error> {
-        const A: &str = "DescribeInstanceTypes";
+        const A: Action = Action::DescribeInstanceTypes;
         let r = self
-            .call(A, false, || {
+            .call(A, || {
                 self.client
                     .describe_instance_types()
                     .instance_types(InstanceType::from(name))
@@ -274,7 +290,7 @@ impl Ec2 for SdkEc2 {
 
     async fn describe_subnets(&self, ids: &[SubnetId]) -> Result<Vec<SubnetInfo>, Ec2Error> {
         let r = self
-            .call("DescribeSubnets", false, || {
+            .call(Action::DescribeSubnets, || {
                 self.client
                     .describe_subnets()
                     .set_subnet_ids(Some(ids.iter().map(|s| s.as_str().to_owned()).collect()))
@@ -313,22 +329,15 @@ impl Ec2 for SdkEc2 {
     }
 
     async fn assign_prefixes(&self, eni: &EniId, count: u32) -> Result<Vec<Prefix28>, Ec2Error> {
-        const A: &str = "AssignPrivateIpAddresses";
         let r = self
-            .call(A, true, || {
-                self.client
-                    .assign_private_ip_addresses()
-                    .network_interface_id(eni.as_str())
-                    .ipv4_prefix_count(count as i32)
-                    .send()
-            })
+            .assign(eni, |b| b.ipv4_prefix_count(count as i32))
             .await?;
         let got: Vec<Prefix28> = r
             .assigned_ipv4_prefixes()
             .iter()
             .filter_map(|p| p.ipv4_prefix()?.parse().ok())
             .collect();
-        tracing::info!(action = A, eni.id = %eni, asked = count, prefixes = ?got.iter().map(|p| p.to_string()).collect::<Vec<_>>(), "assigned prefixes");
+        tracing::info!(action = "AssignPrivateIpAddresses", eni.id = %eni, asked = count, prefixes = ?got.iter().map(|p| p.to_string()).collect::<Vec<_>>(), "assigned prefixes");
         Ok(got)
     }
 
@@ -337,22 +346,15 @@ impl Ec2 for SdkEc2 {
         eni: &EniId,
         count: u32,
     ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
-        const A: &str = "AssignPrivateIpAddresses";
         let r = self
-            .call(A, true, || {
-                self.client
-                    .assign_private_ip_addresses()
-                    .network_interface_id(eni.as_str())
-                    .secondary_private_ip_address_count(count as i32)
-                    .send()
-            })
+            .assign(eni, |b| b.secondary_private_ip_address_count(count as i32))
             .await?;
         let got: Vec<Ipv4Addr> = r
             .assigned_private_ip_addresses()
             .iter()
             .filter_map(|p| p.private_ip_address()?.parse().ok())
             .collect();
-        tracing::info!(action = A, eni.id = %eni, asked = count, addresses = ?got, "assigned secondary addresses");
+        tracing::info!(action = "AssignPrivateIpAddresses", eni.id = %eni, asked = count, addresses = ?got, "assigned secondary addresses");
         Ok(got)
     }
 
@@ -362,10 +364,10 @@ impl Ec2 for SdkEc2 {
         prefixes: &[Prefix28],
         ips: &[Ipv4Addr],
     ) -> Result<(), Ec2Error> {
-        const A: &str = "UnassignPrivateIpAddresses";
+        const A: Action = Action::UnassignPrivateIpAddresses;
         let p: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
         let a: Vec<String> = ips.iter().map(|a| a.to_string()).collect();
-        self.call(A, true, || {
+        self.call(A, || {
             self.client
                 .unassign_private_ip_addresses()
                 .network_interface_id(eni.as_str())
@@ -374,19 +376,19 @@ impl Ec2 for SdkEc2 {
                 .send()
         })
         .await?;
-        tracing::info!(action = A, eni.id = %eni, prefixes = ?p, addresses = ?a, "unassigned");
+        tracing::info!(action = %A, eni.id = %eni, prefixes = ?p, addresses = ?a, "unassigned");
         Ok(())
     }
 
     async fn create_eni(&self, req: &NewEni) -> Result<EniInfo, Ec2Error> {
-        const A: &str = "CreateNetworkInterface";
+        const A: Action = Action::CreateNetworkInterface;
         let tags: Vec<Tag> = req
             .tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
         let r = self
-            .call(A, true, || {
+            .call(A, || {
                 let mut b = self
                     .client
                     .create_network_interface()
@@ -412,7 +414,7 @@ impl Ec2 for SdkEc2 {
             .network_interface()
             .and_then(eni_info)
             .ok_or_else(|| bad_response(A, "network interface"))?;
-        tracing::info!(action = A, eni.id = %info.id, subnet.id = %req.subnet, prefixes = info.prefixes.len(), addresses = info.secondary_ips.len(), "created ENI");
+        tracing::info!(action = %A, eni.id = %info.id, subnet.id = %req.subnet, prefixes = info.prefixes.len(), addresses = info.secondary_ips.len(), "created ENI");
         Ok(info)
     }
 
@@ -422,9 +424,9 @@ impl Ec2 for SdkEc2 {
         instance: &InstanceId,
         device_index: u32,
     ) -> Result<String, Ec2Error> {
-        const A: &str = "AttachNetworkInterface";
+        const A: Action = Action::AttachNetworkInterface;
         let r = self
-            .call(A, true, || {
+            .call(A, || {
                 self.client
                     .attach_network_interface()
                     .network_interface_id(eni.as_str())
@@ -438,7 +440,7 @@ impl Ec2 for SdkEc2 {
             .attachment_id()
             .map(str::to_owned)
             .ok_or_else(|| bad_response(A, "attachment id"))?;
-        tracing::info!(action = A, eni.id = %eni, instance.id = %instance, device_index, attachment.id = %id, "attached ENI");
+        tracing::info!(action = %A, eni.id = %eni, instance.id = %instance, device_index, attachment.id = %id, "attached ENI");
         Ok(id)
     }
 
@@ -447,8 +449,8 @@ impl Ec2 for SdkEc2 {
         eni: &EniId,
         attachment_id: &str,
     ) -> Result<(), Ec2Error> {
-        const A: &str = "ModifyNetworkInterfaceAttribute";
-        self.call(A, true, || {
+        const A: Action = Action::ModifyNetworkInterfaceAttribute;
+        self.call(A, || {
             self.client
                 .modify_network_interface_attribute()
                 .network_interface_id(eni.as_str())
@@ -461,47 +463,33 @@ impl Ec2 for SdkEc2 {
                 .send()
         })
         .await?;
-        tracing::info!(action = A, eni.id = %eni, attachment.id = attachment_id, "set DeleteOnTermination");
+        tracing::info!(action = %A, eni.id = %eni, attachment.id = attachment_id, "set DeleteOnTermination");
         Ok(())
     }
 
     async fn detach_eni(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        const A: &str = "DetachNetworkInterface";
-        self.call(A, true, || {
+        const A: Action = Action::DetachNetworkInterface;
+        self.call(A, || {
             self.client
                 .detach_network_interface()
                 .attachment_id(attachment_id)
                 .send()
         })
         .await?;
-        tracing::info!(action = A, attachment.id = attachment_id, "detached ENI");
+        tracing::info!(action = %A, attachment.id = attachment_id, "detached ENI");
         Ok(())
     }
 
     async fn delete_eni(&self, eni: &EniId) -> Result<(), Ec2Error> {
-        const A: &str = "DeleteNetworkInterface";
-        self.call(A, true, || {
+        const A: Action = Action::DeleteNetworkInterface;
+        self.call(A, || {
             self.client
                 .delete_network_interface()
                 .network_interface_id(eni.as_str())
                 .send()
         })
         .await?;
-        tracing::info!(action = A, eni.id = %eni, "deleted ENI");
+        tracing::info!(action = %A, eni.id = %eni, "deleted ENI");
         Ok(())
     }
-}
-
-/// Tags for an ENI the agent creates.
-pub fn eni_tags(instance: &InstanceId, cluster: Option<&str>) -> BTreeMap<String, String> {
-    let mut t = BTreeMap::new();
-    t.insert(tags::INSTANCE_ID.to_owned(), instance.to_string());
-    t.insert(
-        tags::CREATED_AT.to_owned(),
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    );
-    if let Some(c) = cluster {
-        t.insert(tags::CLUSTER_NAME.to_owned(), c.to_owned());
-    }
-    t
 }

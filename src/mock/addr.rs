@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::Ec2Error;
+use super::ApiError;
 use crate::core::Prefix28;
 
 /// What a CIDR reservation allows.
@@ -108,7 +108,7 @@ impl AddressSpace {
         n: u32,
         prefix_res: &[Ipv4Net],
         all_res: &[Ipv4Net],
-    ) -> Result<Vec<Prefix28>, Ec2Error> {
+    ) -> Result<Vec<Prefix28>, ApiError> {
         let mut picked = Vec::new();
         let consider = |start: u32, picked: &mut Vec<u32>| {
             if picked.len() < n as usize && self.slash28_free(start) && !picked.contains(&start) {
@@ -137,7 +137,7 @@ impl AddressSpace {
             s += 16;
         }
         if starts.len() < n as usize {
-            return Err(Ec2Error::client(
+            return Err(ApiError::client(
                 "InsufficientCidrBlocks",
                 format!(
                     "There are not enough free cidr blocks in the specified subnet to satisfy the request ({} /28 asked, {} free; {} addresses available).",
@@ -158,21 +158,21 @@ impl AddressSpace {
     }
 
     /// Takes a named /28: it must lie in the subnet, be aligned and wholly free.
-    pub fn take_prefix(&mut self, cidr: &str) -> Result<Prefix28, Ec2Error> {
+    pub fn take_prefix(&mut self, cidr: &str) -> Result<Prefix28, ApiError> {
         let p: Prefix28 = cidr.parse().map_err(|e: crate::core::types::TypeError| {
-            Ec2Error::client(
+            ApiError::client(
                 "InvalidParameterValue",
                 format!("Invalid IPv4 prefix {cidr}: {e}"),
             )
         })?;
         let Some(start) = self.index(p.network()) else {
-            return Err(Ec2Error::client(
+            return Err(ApiError::client(
                 "InvalidParameterValue",
                 format!("The prefix {p} is not within the subnet {}.", self.net),
             ));
         };
         if !self.slash28_free(start) {
-            return Err(Ec2Error::client(
+            return Err(ApiError::client(
                 "InvalidParameterValue",
                 format!("The prefix {p} is already in use or overlaps a reserved address."),
             ));
@@ -184,7 +184,7 @@ impl AddressSpace {
     }
 
     /// Draws `n` free addresses outside every reservation, lowest first.
-    pub fn take_ips(&mut self, n: u32, all_res: &[Ipv4Net]) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+    pub fn take_ips(&mut self, n: u32, all_res: &[Ipv4Net]) -> Result<Vec<Ipv4Addr>, ApiError> {
         let mut got = Vec::new();
         for i in 0..self.size() {
             if got.len() == n as usize {
@@ -196,7 +196,7 @@ impl AddressSpace {
             }
         }
         if got.len() < n as usize {
-            return Err(Ec2Error::client(
+            return Err(ApiError::client(
                 "InsufficientFreeAddressesInSubnet",
                 format!(
                     "The specified subnet does not have enough free addresses to satisfy the request ({n} asked)."
@@ -213,9 +213,9 @@ impl AddressSpace {
     }
 
     /// Takes a named address.
-    pub fn take_ip(&mut self, addr: Ipv4Addr) -> Result<Ipv4Addr, Ec2Error> {
+    pub fn take_ip(&mut self, addr: Ipv4Addr) -> Result<Ipv4Addr, ApiError> {
         let Some(i) = self.index(addr) else {
-            return Err(Ec2Error::client(
+            return Err(ApiError::client(
                 "InvalidParameterValue",
                 format!(
                     "Address {addr} does not fall within the subnet's address range {}.",
@@ -224,13 +224,13 @@ impl AddressSpace {
             ));
         };
         if self.reserved(i) {
-            return Err(Ec2Error::client(
+            return Err(ApiError::client(
                 "InvalidParameterValue",
                 format!("Address {addr} is reserved by AWS."),
             ));
         }
         if self.used[i as usize] {
-            return Err(Ec2Error::client(
+            return Err(ApiError::client(
                 "InvalidIPAddress.InUse",
                 format!("Address {addr} is in use."),
             ));

@@ -7,39 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::Ec2Error;
-
-/// A token bucket's size and refill per second.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BucketSpec {
-    /// Burst.
-    pub capacity: f64,
-    /// Tokens per second.
-    pub refill: f64,
-}
-
-/// EC2's bucket for an action (../shared/reference/ec2.md). `unfiltered` marks a Describe call
-/// with no ids, filters or pagination, which EC2 meters more tightly.
-pub fn bucket_spec(action: &str, unfiltered: bool) -> BucketSpec {
-    let (capacity, refill) = match action {
-        a if a.starts_with("Describe") || a.starts_with("Get") => {
-            if unfiltered {
-                (50.0, 10.0)
-            } else {
-                (100.0, 20.0)
-            }
-        }
-        "AssignPrivateIpAddresses"
-        | "UnassignPrivateIpAddresses"
-        | "CreateNetworkInterface"
-        | "DeleteNetworkInterface"
-        | "ModifyNetworkInterfaceAttribute" => (100.0, 5.0),
-        "CreateTags" => (100.0, 10.0),
-        "CreateSubnetCidrReservation" | "DeleteSubnetCidrReservation" => (5.0, 1.0),
-        _ => (50.0, 5.0),
-    };
-    BucketSpec { capacity, refill }
-}
+use super::ApiError;
+use crate::core::rng::XorShift64;
+use crate::ec2::{Action, BucketSpec};
 
 #[derive(Debug, Clone)]
 struct Bucket {
@@ -53,7 +23,7 @@ struct Bucket {
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     /// The action, e.g. `AttachNetworkInterface`.
-    pub action: String,
+    pub action: Action,
     /// How many of its next calls fail.
     pub fail_next: u32,
     /// The EC2 error code they fail with.
@@ -68,7 +38,7 @@ pub struct FaultSpec {
 #[serde(deny_unknown_fields)]
 pub struct ErrorRateSpec {
     /// The action.
-    pub action: String,
+    pub action: Action,
     /// Fraction of calls that fail, 0 to 1.
     pub rate: f64,
     /// The EC2 error code.
@@ -79,17 +49,30 @@ pub struct ErrorRateSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Calls received, by action.
-    pub calls: BTreeMap<String, u64>,
+    pub calls: BTreeMap<Action, u64>,
     /// Calls answered RequestLimitExceeded, by action.
-    pub throttled: BTreeMap<String, u64>,
+    pub throttled: BTreeMap<Action, u64>,
     /// Error answers by action and code (throttling included).
-    pub errors: BTreeMap<String, BTreeMap<String, u64>>,
+    pub errors: BTreeMap<Action, BTreeMap<String, u64>>,
 }
 
 impl Stats {
     /// Calls of one action.
-    pub fn calls_of(&self, action: &str) -> u64 {
-        self.calls.get(action).copied().unwrap_or(0)
+    pub fn calls_of(&self, action: Action) -> u64 {
+        self.calls.get(&action).copied().unwrap_or(0)
+    }
+    /// Error answers of one action with one code.
+    pub fn errors_of(&self, action: Action, code: &str) -> u64 {
+        self.errors
+            .get(&action)
+            .and_then(|m| m.get(code))
+            .copied()
+            .unwrap_or(0)
+    }
+    /// Calls of `action` that succeeded.
+    pub fn ok_calls(&self, action: Action) -> u64 {
+        let errors: u64 = self.errors.get(&action).map_or(0, |m| m.values().sum());
+        self.calls_of(action).saturating_sub(errors)
     }
     /// All calls.
     pub fn total_calls(&self) -> u64 {
@@ -99,7 +82,7 @@ impl Stats {
     pub fn mutating_calls(&self) -> u64 {
         self.calls
             .iter()
-            .filter(|(a, _)| !a.starts_with("Describe") && !a.starts_with("Get"))
+            .filter(|(a, _)| a.is_mutating())
             .map(|(_, n)| n)
             .sum()
     }
@@ -112,12 +95,12 @@ pub struct Control {
     pub throttling: bool,
     /// Mock time runs this many times faster than real time (refills and delays scale with it).
     pub time_scale: f64,
-    buckets: HashMap<String, Bucket>,
+    buckets: HashMap<(Action, bool), Bucket>,
     /// Per-action delay before answering (mock time).
-    pub latency: HashMap<String, Duration>,
-    faults: HashMap<String, Vec<FaultSpec>>,
-    rates: HashMap<String, ErrorRateSpec>,
-    rng: u64,
+    pub latency: HashMap<Action, Duration>,
+    faults: HashMap<Action, Vec<FaultSpec>>,
+    rates: HashMap<Action, ErrorRateSpec>,
+    rng: XorShift64,
     /// What happened.
     pub stats: Stats,
 }
@@ -132,14 +115,14 @@ impl Control {
             latency: HashMap::new(),
             faults: HashMap::new(),
             rates: HashMap::new(),
-            rng: seed ^ 0x5DEE_CE66_D1CE_4E5B,
+            rng: XorShift64::new(seed ^ 0x5DEE_CE66_D1CE_4E5B),
             stats: Stats::default(),
         }
     }
 
     /// Arms a fault.
     pub fn add_fault(&mut self, f: FaultSpec) {
-        self.faults.entry(f.action.clone()).or_default().push(f);
+        self.faults.entry(f.action).or_default().push(f);
     }
 
     /// Sets (or, with rate 0, clears) an action's error rate.
@@ -147,43 +130,33 @@ impl Control {
         if r.rate <= 0.0 {
             self.rates.remove(&r.action);
         } else {
-            self.rates.insert(r.action.clone(), r);
+            self.rates.insert(r.action, r);
         }
-    }
-
-    fn next_f64(&mut self) -> f64 {
-        // xorshift64*: deterministic for a seed.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Decides the fate of one call at `now`: `Err` to answer with an error before the model
     /// sees it, else the delay to wait before answering.
     pub fn admit(
         &mut self,
-        action: &str,
+        action: Action,
         unfiltered: bool,
         now: Instant,
-    ) -> Result<Duration, Ec2Error> {
-        *self.stats.calls.entry(action.to_owned()).or_default() += 1;
+    ) -> Result<Duration, ApiError> {
+        *self.stats.calls.entry(action).or_default() += 1;
         let r = self.admit_inner(action, unfiltered, now);
         if let Err(e) = &r {
             self.count_error(action, &e.code);
             if e.code == "RequestLimitExceeded" {
-                *self.stats.throttled.entry(action.to_owned()).or_default() += 1;
+                *self.stats.throttled.entry(action).or_default() += 1;
             }
         }
         r
     }
 
     /// The tokens in `action`'s (filtered) bucket at `now`: its capacity when untouched.
-    pub fn tokens(&self, action: &str, now: Instant) -> f64 {
-        let spec = bucket_spec(action, false);
-        match self.buckets.get(action) {
+    pub fn tokens(&self, action: Action, now: Instant) -> f64 {
+        let spec = action.bucket(false);
+        match self.buckets.get(&(action, false)) {
             None => spec.capacity,
             Some(b) => {
                 let elapsed = now.saturating_duration_since(b.last).as_secs_f64() * self.time_scale;
@@ -193,11 +166,11 @@ impl Control {
     }
 
     /// Counts an error answered by the model.
-    pub fn count_error(&mut self, action: &str, code: &str) {
+    pub fn count_error(&mut self, action: Action, code: &str) {
         *self
             .stats
             .errors
-            .entry(action.to_owned())
+            .entry(action)
             .or_default()
             .entry(code.to_owned())
             .or_default() += 1;
@@ -205,19 +178,14 @@ impl Control {
 
     fn admit_inner(
         &mut self,
-        action: &str,
+        action: Action,
         unfiltered: bool,
         now: Instant,
-    ) -> Result<Duration, Ec2Error> {
+    ) -> Result<Duration, ApiError> {
         if self.throttling {
-            let key = if unfiltered {
-                format!("{action}:unfiltered")
-            } else {
-                action.to_owned()
-            };
-            let spec = bucket_spec(action, unfiltered);
+            let spec = action.bucket(unfiltered);
             let scale = self.time_scale;
-            let b = self.buckets.entry(key).or_insert(Bucket {
+            let b = self.buckets.entry((action, unfiltered)).or_insert(Bucket {
                 spec,
                 tokens: spec.capacity,
                 last: now,
@@ -226,7 +194,7 @@ impl Control {
             b.tokens = (b.tokens + elapsed * b.spec.refill).min(b.spec.capacity);
             b.last = now;
             if b.tokens < 1.0 {
-                return Err(Ec2Error::new(
+                return Err(ApiError::new(
                     503,
                     "RequestLimitExceeded",
                     "Request limit exceeded.",
@@ -234,10 +202,10 @@ impl Control {
             }
             b.tokens -= 1.0;
         }
-        if let Some(list) = self.faults.get_mut(action)
+        if let Some(list) = self.faults.get_mut(&action)
             && let Some(f) = list.first_mut()
         {
-            let e = Ec2Error::with_default_status(
+            let e = ApiError::with_default_status(
                 &f.code,
                 f.message
                     .clone()
@@ -249,15 +217,15 @@ impl Control {
             }
             return Err(e);
         }
-        if let Some(r) = self.rates.get(action).cloned()
-            && self.next_f64() < r.rate
+        if let Some(r) = self.rates.get(&action).cloned()
+            && self.rng.next_f64() < r.rate
         {
-            return Err(Ec2Error::with_default_status(
+            return Err(ApiError::with_default_status(
                 &r.code,
                 format!("Injected error (rate {}) for {action}.", r.rate),
             ));
         }
-        let delay = self.latency.get(action).copied().unwrap_or_default();
+        let delay = self.latency.get(&action).copied().unwrap_or_default();
         Ok(delay.div_f64(self.time_scale.max(1e-9)))
     }
 }
@@ -272,47 +240,62 @@ mod tests {
         c.throttling = true;
         let t0 = Instant::now();
         for _ in 0..100 {
-            c.admit("AssignPrivateIpAddresses", false, t0).unwrap();
+            c.admit(Action::AssignPrivateIpAddresses, false, t0)
+                .unwrap();
         }
-        let e = c.admit("AssignPrivateIpAddresses", false, t0).unwrap_err();
+        let e = c
+            .admit(Action::AssignPrivateIpAddresses, false, t0)
+            .unwrap_err();
         assert_eq!((e.status, e.code.as_str()), (503, "RequestLimitExceeded"));
         // Another action has its own bucket.
-        c.admit("AttachNetworkInterface", false, t0).unwrap();
+        c.admit(Action::AttachNetworkInterface, false, t0).unwrap();
         // 5 per second refill.
         let t1 = t0 + Duration::from_millis(1_000);
         for _ in 0..5 {
-            c.admit("AssignPrivateIpAddresses", false, t1).unwrap();
+            c.admit(Action::AssignPrivateIpAddresses, false, t1)
+                .unwrap();
         }
-        assert!(c.admit("AssignPrivateIpAddresses", false, t1).is_err());
-        assert_eq!(c.stats.throttled["AssignPrivateIpAddresses"], 2);
+        assert!(
+            c.admit(Action::AssignPrivateIpAddresses, false, t1)
+                .is_err()
+        );
+        assert_eq!(c.stats.throttled[&Action::AssignPrivateIpAddresses], 2);
         // Time scale 10: 1 s of real time refills 50.
         c.time_scale = 10.0;
         let t2 = t1 + Duration::from_secs(1);
         for _ in 0..50 {
-            c.admit("AssignPrivateIpAddresses", false, t2).unwrap();
+            c.admit(Action::AssignPrivateIpAddresses, false, t2)
+                .unwrap();
         }
-        assert!(c.admit("AssignPrivateIpAddresses", false, t2).is_err());
+        assert!(
+            c.admit(Action::AssignPrivateIpAddresses, false, t2)
+                .is_err()
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn faults_fire_n_times_then_clear() {
         let mut c = Control::new(1);
         c.add_fault(FaultSpec {
-            action: "AttachNetworkInterface".into(),
+            action: Action::AttachNetworkInterface,
             fail_next: 2,
             code: "InternalError".into(),
             message: None,
         });
         let now = Instant::now();
         assert_eq!(
-            c.admit("AttachNetworkInterface", false, now)
+            c.admit(Action::AttachNetworkInterface, false, now)
                 .unwrap_err()
                 .status,
             500
         );
-        assert!(c.admit("AttachNetworkInterface", false, now).is_err());
-        assert!(c.admit("AttachNetworkInterface", false, now).is_ok());
-        assert_eq!(c.stats.errors["AttachNetworkInterface"]["InternalError"], 2);
+        assert!(c.admit(Action::AttachNetworkInterface, false, now).is_err());
+        assert!(c.admit(Action::AttachNetworkInterface, false, now).is_ok());
+        assert_eq!(
+            c.stats
+                .errors_of(Action::AttachNetworkInterface, "InternalError"),
+            2
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -320,13 +303,13 @@ mod tests {
         let run = || {
             let mut c = Control::new(7);
             c.set_error_rate(ErrorRateSpec {
-                action: "CreateTags".into(),
+                action: Action::CreateTags,
                 rate: 0.25,
                 code: "InternalError".into(),
             });
             let now = Instant::now();
             (0..2000)
-                .map(|_| c.admit("CreateTags", false, now).is_err())
+                .map(|_| c.admit(Action::CreateTags, false, now).is_err())
                 .collect::<Vec<_>>()
         };
         let a = run();

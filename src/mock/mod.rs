@@ -1,32 +1,42 @@
 //! A mock EC2 with real prefix-delegation semantics, speaking the EC2 Query protocol over HTTP so
 //! that aws-sdk-ec2 and the aws CLI work against it unchanged; plus IMDSv2 and an admin API.
+//! Part of the test bench (cargo feature `testbench`): the node image does not carry it.
 //!
-//! Endpoints (one listener):
+//! Endpoints (one listener, [`server`]):
 //! * `POST /` — the EC2 Query API (`Action=…&Version=2016-11-15`), XML answers, EC2 error XML.
 //! * `PUT /latest/api/token`, `GET /latest/meta-data/…` — IMDSv2 for one instance (the
 //!   scenario's `imds_instance`, or `POST /_mock/imds`).
 //! * `/_mock/…` — admin, outside the EC2 path: `GET stats`, `GET names`, `POST faults`,
 //!   `POST error-rates`, `POST fragment`, `POST throttling`, `POST latency`, `POST imds`.
 //!
-//! Model: [`model`]; wire format: [`wire`]; actions: [`actions`]; throttling, faults and
-//! latency: [`control`]; scenario files: [`scenario`].
+//! The parts: [`model`] (EC2 state and rules, no I/O), [`account`] (model + control + clock and
+//! the one call path), [`control`] (throttling, faults, latency, counts), [`actions`] (Query API
+//! → model → XML), [`wire`] (parameters and XML), [`imds`], [`scenario`] (JSON set-ups),
+//! [`direct`] (the agent's EC2 trait straight on an account, for the simulator and paused-time
+//! tests), [`vpc`] (the emulated VPC data plane in network namespaces, `--dataplane`).
 
+pub mod account;
 pub mod actions;
 pub mod addr;
 pub mod control;
+pub mod direct;
 pub mod imds;
 pub mod model;
 pub mod scenario;
 pub mod server;
+pub mod vpc;
 pub mod wire;
 
+pub use account::Account;
+pub use direct::DirectEc2;
 pub use scenario::Scenario;
 pub use server::MockServer;
 
-/// An EC2 error answer: HTTP status, code and message.
+/// An error answer of the mock's EC2 API: HTTP status, EC2 code and message (what the adapter
+/// will classify as an [`crate::ec2::Ec2Error`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
-pub struct Ec2Error {
+pub struct ApiError {
     /// HTTP status.
     pub status: u16,
     /// EC2 error code, e.g. `InsufficientCidrBlocks`.
@@ -35,7 +45,7 @@ pub struct Ec2Error {
     pub message: String,
 }
 
-impl Ec2Error {
+impl ApiError {
     /// An error with an explicit status.
     pub fn new(status: u16, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {

@@ -13,6 +13,7 @@ use super::control::{Control, ErrorRateSpec, FaultSpec};
 use super::model::{Model, Tags};
 use crate::core::config::parse_duration;
 use crate::core::instance_types;
+use crate::ec2::Action;
 
 /// The embedded default: one VPC, one subnet, one m5.large named `node`.
 pub const DEFAULT_SCENARIO: &str = include_str!("default-scenario.json");
@@ -60,6 +61,9 @@ pub struct Scenario {
     /// Seed of the error-rate generator.
     #[serde(default)]
     pub seed: u64,
+    /// The emulated VPC data plane's settings (used with `--dataplane`).
+    #[serde(default)]
+    pub dataplane: super::vpc::DataplaneSpec,
 }
 
 fn default_region() -> String {
@@ -239,17 +243,20 @@ impl Scenario {
         let dur = |field: String, v: &str| -> Result<Duration, ScenarioError> {
             parse_duration("latency", v).map_err(|e| err(field, e.why))
         };
-        let action = |field: String, a: &str| -> Result<(), ScenarioError> {
-            if ACTIONS.contains(&a) {
-                Ok(())
-            } else {
-                Err(err(
+        let action = |field: String, a: &str| -> Result<Action, ScenarioError> {
+            match a.parse::<Action>() {
+                Ok(a) if ACTIONS.contains(&a) => Ok(a),
+                _ => Err(err(
                     field,
                     format!(
                         "{a:?} is not an action the mock implements ({})",
-                        ACTIONS.join(", ")
+                        ACTIONS
+                            .iter()
+                            .map(|a| a.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
-                ))
+                )),
             }
         };
         let mut model = Model::new(&self.region);
@@ -342,16 +349,16 @@ impl Scenario {
         }
         control.time_scale = self.throttling.time_scale;
         for (a, d) in &self.latency.actions {
-            action(format!("latency.actions.{a}"), a)?;
+            let parsed = action(format!("latency.actions.{a}"), a)?;
             control
                 .latency
-                .insert(a.clone(), dur(format!("latency.actions.{a}"), d)?);
+                .insert(parsed, dur(format!("latency.actions.{a}"), d)?);
         }
         if let Some(d) = &self.latency.attach {
             model.attach_delay_ms = dur("latency.attach".into(), d)?.as_millis() as u64;
         }
         for (i, f) in self.faults.iter().enumerate() {
-            action(format!("faults[{i}].action"), &f.action)?;
+            action(format!("faults[{i}].action"), f.action.name())?;
             if f.code.is_empty() {
                 return Err(err(
                     format!("faults[{i}].code"),
@@ -361,7 +368,7 @@ impl Scenario {
             control.add_fault(f.clone());
         }
         for (i, r) in self.error_rates.iter().enumerate() {
-            action(format!("error_rates[{i}].action"), &r.action)?;
+            action(format!("error_rates[{i}].action"), r.action.name())?;
             if !(0.0..=1.0).contains(&r.rate) {
                 return Err(err(
                     format!("error_rates[{i}].rate"),

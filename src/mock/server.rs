@@ -1,13 +1,10 @@
-//! The mock's HTTP server: EC2 Query API, IMDSv2 and the admin API on one listener.
-//!
-//! State sits behind plain mutexes that are never held across an `.await`: each request takes
-//! the lock, does its (fast, synchronous) work and lets go before any latency sleep.
+//! The mock's HTTP server: EC2 Query API, IMDSv2 and the admin API on one listener, all on one
+//! [`Account`] (whose call path every EC2 request takes).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -17,32 +14,29 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::account::Account;
 use super::control::{Control, ErrorRateSpec, FaultSpec, Stats};
 use super::imds::{self, ImdsState};
 use super::model::Model;
 use super::scenario::Built;
 use super::wire::{Params, error_xml};
-use super::{Ec2Error, actions};
+use super::{ApiError, actions};
+use crate::ec2::Action;
 
 /// Everything a request handler needs.
 pub struct Shared {
-    model: Mutex<Model>,
-    control: Mutex<Control>,
+    account: Arc<Account>,
     imds: Mutex<ImdsState>,
     names: BTreeMap<String, String>,
-    start: Instant,
     requests: AtomicU64,
+    dataplane: std::sync::OnceLock<Arc<super::vpc::Dataplane>>,
 }
 
 impl Shared {
-    fn now_ms(&self, scale: f64) -> u64 {
-        (self.start.elapsed().as_secs_f64() * scale * 1000.0) as u64
-    }
-
     fn request_id(&self) -> String {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         format!("00000000-0000-4000-8000-{n:012x}")
@@ -53,39 +47,69 @@ impl Shared {
 pub struct MockServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl MockServer {
     /// Serves `built` on `listen` (port 0 for an ephemeral one).
     pub async fn start(built: Built, listen: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
+        Self::serve(
+            vec![listener],
+            Arc::new(Account::new(built.model, built.control)),
+            built.names,
+            built.imds_instance,
+        )
+    }
+
+    /// Serves `account` on bound listeners (the first is the endpoint), with IMDS for
+    /// `imds_instance`. Several servers may share one account: the emulated VPC runs one inside
+    /// each instance's namespace.
+    pub fn serve(
+        listeners: Vec<TcpListener>,
+        account: Arc<Account>,
+        names: BTreeMap<String, String>,
+        imds_instance: Option<String>,
+    ) -> std::io::Result<Self> {
+        let addr = listeners
+            .first()
+            .ok_or_else(|| std::io::Error::other("no listener"))?
+            .local_addr()?;
         let shared = Arc::new(Shared {
-            model: Mutex::new(built.model),
-            control: Mutex::new(built.control),
-            imds: Mutex::new(ImdsState::for_instance(built.imds_instance)),
-            names: built.names,
-            start: Instant::now(),
+            account,
+            imds: Mutex::new(ImdsState::for_instance(imds_instance)),
+            names,
             requests: AtomicU64::new(0),
+            dataplane: std::sync::OnceLock::new(),
         });
         let app = router(shared.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
+        let (stop, stopped) = watch::channel(false);
+        let tasks = listeners
+            .into_iter()
+            .map(|l| {
+                let (app, mut stopped) = (app.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let _ = axum::serve(l, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.changed().await;
+                        })
+                        .await;
                 })
-                .await;
-        });
+            })
+            .collect();
         tracing::info!(%addr, "mock EC2 listening");
         Ok(Self {
             addr,
             shared,
-            stop: Some(stop),
-            task: Some(task),
+            stop,
+            tasks,
         })
+    }
+
+    /// Serves `dataplane`'s topology and drops at `GET /_mock/dataplane`.
+    pub fn set_dataplane(&self, dataplane: Arc<super::vpc::Dataplane>) {
+        let _ = self.shared.dataplane.set(dataplane);
     }
 
     /// The listener's address.
@@ -108,27 +132,30 @@ impl MockServer {
         &self.shared.names
     }
 
+    /// The account it serves.
+    pub fn account(&self) -> &Arc<Account> {
+        &self.shared.account
+    }
+
     /// Reads or changes the EC2 state directly (tests, the demo's view).
     pub fn with_model<R>(&self, f: impl FnOnce(&mut Model) -> R) -> R {
-        f(&mut self.shared.model.lock().expect("model lock"))
+        self.shared.account.with_model(f)
     }
 
     /// Changes throttling, faults or latency directly.
     pub fn with_control<R>(&self, f: impl FnOnce(&mut Control) -> R) -> R {
-        f(&mut self.shared.control.lock().expect("control lock"))
+        self.shared.account.with_control(f)
     }
 
     /// Call statistics so far.
     pub fn stats(&self) -> Stats {
-        self.with_control(|c| c.stats.clone())
+        self.shared.account.stats()
     }
 
-    /// Stops serving and waits for the server task.
+    /// Stops serving and waits for the server tasks.
     pub async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
+        let _ = self.stop.send(true);
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
     }
@@ -136,9 +163,7 @@ impl MockServer {
 
 impl Drop for MockServer {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        let _ = self.stop.send(true);
     }
 }
 
@@ -157,6 +182,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_mock/throttling", post(admin_throttling))
         .route("/_mock/latency", post(admin_latency))
         .route("/_mock/imds", post(admin_imds))
+        .route("/_mock/dataplane", get(admin_dataplane))
         .with_state(shared)
 }
 
@@ -177,14 +203,23 @@ async fn ec2(State(s): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Response {
         Params::parse(&body)
     };
     let rid = s.request_id();
-    let Some(action) = params.get("Action").map(str::to_owned) else {
-        let e = Ec2Error::client(
+    let fail = |e: ApiError| xml(e.status, error_xml(&e, &rid));
+    let Some(name) = params.get("Action") else {
+        return fail(ApiError::client(
             "MissingAction",
             "The request must contain the parameter Action",
-        );
-        return xml(e.status, error_xml(&e, &rid));
+        ));
     };
-    let unfiltered = (action.starts_with("Describe") || action.starts_with("Get"))
+    let action = match name.parse::<Action>() {
+        Ok(a) if actions::ACTIONS.contains(&a) => a,
+        _ => {
+            return fail(ApiError::client(
+                "InvalidAction",
+                format!("The action {name} is not valid for this web service."),
+            ));
+        }
+    };
+    let unfiltered = !action.is_mutating()
         && params.get("MaxResults").is_none()
         && params.filters().map(|f| f.is_empty()).unwrap_or(true)
         && [
@@ -195,39 +230,20 @@ async fn ec2(State(s): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Response {
         ]
         .iter()
         .all(|k| params.get(k).is_none());
-    let admitted =
-        s.control
-            .lock()
-            .expect("control lock")
-            .admit(&action, unfiltered, Instant::now());
-    let delay = match admitted {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::debug!(action, code = %e.code, "mock EC2 call refused");
-            return xml(e.status, error_xml(&e, &rid));
-        }
-    };
-    if delay > Duration::ZERO {
-        tokio::time::sleep(delay).await;
-    }
-    let scale = s.control.lock().expect("control lock").time_scale;
-    let now_ms = s.now_ms(scale);
-    let result = {
-        let mut m = s.model.lock().expect("model lock");
-        actions::handle(&mut m, &action, &params, now_ms, &rid)
-    };
-    match result {
+    let answer = s
+        .account
+        .call(action, unfiltered, |m, now_ms| {
+            actions::handle(m, action, &params, now_ms, &rid)
+        })
+        .await;
+    match answer {
         Ok(body) => {
-            tracing::debug!(action, "mock EC2 call answered");
+            tracing::debug!(%action, "mock EC2 call answered");
             xml(200, body)
         }
         Err(e) => {
-            s.control
-                .lock()
-                .expect("control lock")
-                .count_error(&action, &e.code);
-            tracing::debug!(action, code = %e.code, message = %e.message, "mock EC2 call failed");
-            xml(e.status, error_xml(&e, &rid))
+            tracing::debug!(%action, code = %e.code, message = %e.message, "mock EC2 call failed");
+            fail(e)
         }
     }
 }
@@ -266,7 +282,7 @@ fn imds_answer(s: &Shared, headers: &HeaderMap, path: &str) -> Response {
     let Some(instance) = instance else {
         return text(404, "no instance is bound to this IMDS".into());
     };
-    let (status, body) = imds::metadata(&s.model.lock().expect("model lock"), &instance, path);
+    let (status, body) = s.account.read(|m| imds::metadata(m, &instance, path));
     text(status, body)
 }
 
@@ -291,38 +307,63 @@ fn bad(msg: impl Into<String>) -> Response {
 }
 
 /// `Some(error response)` when `action` is not one the mock implements.
-fn check_action(action: &str) -> Option<Response> {
+fn check_action(action: Action) -> Option<Response> {
     (!actions::ACTIONS.contains(&action))
-        .then(|| bad(format!("{action:?} is not an action the mock implements")))
+        .then(|| bad(format!("{action} is not an action the mock implements")))
+}
+
+/// An admin request's JSON body; a bad one is a 400 that says what is wrong (an unknown action
+/// names itself).
+fn admin_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| Box::new(bad(format!("bad request body: {e}"))))
+}
+
+async fn admin_dataplane(State(s): State<Arc<Shared>>) -> Response {
+    match s.dataplane.get() {
+        Some(d) => Json(d.report().await).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "no data plane: start the mock with --dataplane" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn admin_stats(State(s): State<Arc<Shared>>) -> Response {
-    Json(s.control.lock().expect("control lock").stats.clone()).into_response()
+    Json(s.account.stats()).into_response()
 }
 
 async fn admin_names(State(s): State<Arc<Shared>>) -> Response {
     Json(s.names.clone()).into_response()
 }
 
-async fn admin_fault(State(s): State<Arc<Shared>>, Json(f): Json<FaultSpec>) -> Response {
-    if let Some(r) = check_action(&f.action) {
+async fn admin_fault(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let f: FaultSpec = match admin_body(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    if let Some(r) = check_action(f.action) {
         return r;
     }
     if f.fail_next == 0 || f.code.is_empty() {
         return bad("fail_next must be at least 1 and code an EC2 error code");
     }
-    s.control.lock().expect("control lock").add_fault(f);
+    s.account.with_control(|c| c.add_fault(f));
     Json(serde_json::json!({"ok": true})).into_response()
 }
 
-async fn admin_error_rate(State(s): State<Arc<Shared>>, Json(r): Json<ErrorRateSpec>) -> Response {
-    if let Some(resp) = check_action(&r.action) {
+async fn admin_error_rate(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let r: ErrorRateSpec = match admin_body(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    if let Some(resp) = check_action(r.action) {
         return resp;
     }
     if !(0.0..=1.0).contains(&r.rate) {
         return bad("rate must be from 0 to 1");
     }
-    s.control.lock().expect("control lock").set_error_rate(r);
+    s.account.with_control(|c| c.set_error_rate(r));
     Json(serde_json::json!({"ok": true})).into_response()
 }
 
@@ -332,9 +373,13 @@ struct FragmentReq {
     subnet: String,
 }
 
-async fn admin_fragment(State(s): State<Arc<Shared>>, Json(r): Json<FragmentReq>) -> Response {
+async fn admin_fragment(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let r: FragmentReq = match admin_body(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
     let id = s.names.get(&r.subnet).cloned().unwrap_or(r.subnet);
-    match s.model.lock().expect("model lock").fragment_subnet(&id) {
+    match s.account.with_model(|m| m.fragment_subnet(&id)) {
         Ok(n) => Json(serde_json::json!({ "subnet": id, "scattered": n })).into_response(),
         Err(e) => bad(e.to_string()),
     }
@@ -348,15 +393,20 @@ struct ThrottlingReq {
     time_scale: Option<f64>,
 }
 
-async fn admin_throttling(State(s): State<Arc<Shared>>, Json(r): Json<ThrottlingReq>) -> Response {
-    let mut c = s.control.lock().expect("control lock");
-    if let Some(t) = r.time_scale {
-        if !(t > 0.0 && t.is_finite()) {
-            return bad("time_scale must be a positive number");
-        }
-        c.time_scale = t;
+async fn admin_throttling(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let r: ThrottlingReq = match admin_body(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    if r.time_scale.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+        return bad("time_scale must be a positive number");
     }
-    c.throttling = r.enabled;
+    s.account.with_control(|c| {
+        if let Some(t) = r.time_scale {
+            c.time_scale = t;
+        }
+        c.throttling = r.enabled;
+    });
     Json(serde_json::json!({"ok": true})).into_response()
 }
 
@@ -364,24 +414,29 @@ async fn admin_throttling(State(s): State<Arc<Shared>>, Json(r): Json<Throttling
 #[serde(deny_unknown_fields)]
 struct LatencyReq {
     #[serde(default)]
-    action: Option<String>,
+    action: Option<Action>,
     #[serde(default)]
     attach: bool,
     delay: String,
 }
 
-async fn admin_latency(State(s): State<Arc<Shared>>, Json(r): Json<LatencyReq>) -> Response {
+async fn admin_latency(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let r: LatencyReq = match admin_body(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
     let d = match crate::core::config::parse_duration("delay", &r.delay) {
         Ok(d) => d,
         Err(e) => return bad(e.to_string()),
     };
     if r.attach {
-        s.model.lock().expect("model lock").attach_delay_ms = d.as_millis() as u64;
+        s.account
+            .with_model(|m| m.attach_delay_ms = d.as_millis() as u64);
     } else if let Some(a) = r.action {
-        if let Some(resp) = check_action(&a) {
+        if let Some(resp) = check_action(a) {
             return resp;
         }
-        s.control.lock().expect("control lock").latency.insert(a, d);
+        s.account.with_control(|c| c.latency.insert(a, d));
     } else {
         return bad("give an action, or attach: true");
     }
@@ -394,15 +449,13 @@ struct ImdsReq {
     instance: String,
 }
 
-async fn admin_imds(State(s): State<Arc<Shared>>, Json(r): Json<ImdsReq>) -> Response {
+async fn admin_imds(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let r: ImdsReq = match admin_body(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
     let id = s.names.get(&r.instance).cloned().unwrap_or(r.instance);
-    if !s
-        .model
-        .lock()
-        .expect("model lock")
-        .instances
-        .contains_key(&id)
-    {
+    if !s.account.read(|m| m.instances.contains_key(&id)) {
         return bad(format!("no instance {id}"));
     }
     s.imds.lock().expect("imds lock").instance = Some(id.clone());

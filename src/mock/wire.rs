@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-use super::Ec2Error;
+use super::ApiError;
 
 /// EC2's XML namespace for API version 2016-11-15.
 pub const NAMESPACE: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
@@ -39,9 +39,9 @@ impl Params {
     }
 
     /// A required parameter.
-    pub fn required(&self, name: &str) -> Result<&str, Ec2Error> {
+    pub fn required(&self, name: &str) -> Result<&str, ApiError> {
         self.get(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-            Ec2Error::client(
+            ApiError::client(
                 "MissingParameter",
                 format!("The request must contain the parameter {name}"),
             )
@@ -49,11 +49,11 @@ impl Params {
     }
 
     /// An integer parameter, if present.
-    pub fn int(&self, name: &str) -> Result<Option<u32>, Ec2Error> {
+    pub fn int(&self, name: &str) -> Result<Option<u32>, ApiError> {
         self.get(name)
             .map(|v| {
                 v.parse::<u32>().map_err(|_| {
-                    Ec2Error::client(
+                    ApiError::client(
                         "InvalidParameterValue",
                         format!("Value ({v}) for parameter {name} is invalid. Expected a non-negative integer."),
                     )
@@ -63,12 +63,12 @@ impl Params {
     }
 
     /// A boolean parameter, if present.
-    pub fn bool(&self, name: &str) -> Result<Option<bool>, Ec2Error> {
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
         self.get(name)
             .map(|v| match v {
                 "true" => Ok(true),
                 "false" => Ok(false),
-                _ => Err(Ec2Error::client(
+                _ => Err(ApiError::client(
                     "InvalidParameterValue",
                     format!("Value ({v}) for parameter {name} is invalid. Expected true or false."),
                 )),
@@ -77,9 +77,9 @@ impl Params {
     }
 
     /// An IPv4 address parameter.
-    pub fn ip(name: &str, v: &str) -> Result<Ipv4Addr, Ec2Error> {
+    pub fn ip(name: &str, v: &str) -> Result<Ipv4Addr, ApiError> {
         v.parse().map_err(|_| {
-            Ec2Error::client(
+            ApiError::client(
                 "InvalidParameterValue",
                 format!("Value ({v}) for parameter {name} is invalid. Expected an IPv4 address."),
             )
@@ -121,7 +121,7 @@ impl Params {
     }
 
     /// `Filter.N.Name` / `Filter.N.Value.M`.
-    pub fn filters(&self) -> Result<Vec<Filter>, Ec2Error> {
+    pub fn filters(&self) -> Result<Vec<Filter>, ApiError> {
         self.indexed("Filter")
             .into_iter()
             .map(|(_, p)| {
@@ -135,12 +135,12 @@ impl Params {
     }
 
     /// `TagSpecification.N.Tag.M.Key/Value` for `resource_type`, and `Tag.N.Key/Value`.
-    pub fn tag_specs(&self, resource_type: &str) -> Result<BTreeMap<String, String>, Ec2Error> {
+    pub fn tag_specs(&self, resource_type: &str) -> Result<BTreeMap<String, String>, ApiError> {
         let mut tags = BTreeMap::new();
         for (_, spec) in self.indexed("TagSpecification") {
             let rt = spec.get("ResourceType").unwrap_or(resource_type);
             if rt != resource_type {
-                return Err(Ec2Error::client(
+                return Err(ApiError::client(
                     "InvalidParameterValue",
                     format!("'{rt}' is not a valid taggable resource type for this operation."),
                 ));
@@ -151,7 +151,7 @@ impl Params {
     }
 
     /// `Tag.N.Key` / `Tag.N.Value`.
-    pub fn tags(&self) -> Result<BTreeMap<String, String>, Ec2Error> {
+    pub fn tags(&self) -> Result<BTreeMap<String, String>, ApiError> {
         self.indexed("Tag")
             .into_iter()
             .map(|(_, t)| {
@@ -291,7 +291,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// EC2's error document.
-pub fn error_xml(e: &Ec2Error, request_id: &str) -> String {
+pub fn error_xml(e: &ApiError, request_id: &str) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
         escape(&e.code),

@@ -1,47 +1,44 @@
 //! `prefixd simulate`: N virtual nodes on virtual time against the mock EC2's model, under a
 //! pod workload, once per policy; a table compares what each policy cost.
 //!
-//! prefixd's nodes run the real agent: [`crate::agent::discover`], the pool owner
-//! ([`crate::agent::pool::start_inline`]: same code, no thread, in-memory checkpoint) and
-//! [`crate::agent::reconcile::Looper::run`], with its planner, backoff and client-side limiter.
-//! The VPC CNI's nodes run [`baseline`] in a 5 s loop. Both reach EC2 through [`ec2::SimEc2`]:
-//! the mock's model and control (token buckets, latency) behind the SDK's standard retries.
+//! prefixd's nodes run the real agent, assembled by [`crate::agent::AgentBuilder`] with its pool
+//! inline and in memory on virtual time and no endpoints: discovery, the pool owner, the loop
+//! with its planner, backoff and client-side limiter. The VPC CNI's nodes run [`baseline`] in a
+//! 5 s loop. Both reach EC2 through [`crate::mock::DirectEc2`]: the mock's account (model,
+//! token buckets, latency) behind the SDK's retry policy. Part of the test bench (cargo feature
+//! `testbench`).
 //!
 //! Each policy runs in its own single-threaded tokio runtime with time paused, so a run is a
 //! pure function of the profile and its seed. Kubelet is modelled where it matters: a failed
 //! CNI ADD is retried after kubelet's pod-sync backoff (10 s, jittered up to 50 %).
 
 pub mod baseline;
-pub mod ec2;
+mod ipamd;
+mod node;
 pub mod profile;
 pub mod report;
+mod workload;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use clap::{Args, Command, FromArgMatches};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::agent::config::{AgentArgs, AgentConfig};
-use crate::agent::pool::{self, Clock, PoolHandle};
-use crate::agent::reconcile::{Looper, Node};
-use crate::agent::status::Status;
-use crate::core::rng::XorShift64;
-use crate::core::{EniId, InstanceId, PodInfo, PodKey, UnixMillis};
-use crate::ec2::RetryPolicy;
-use crate::ec2::limiter::Limiter;
-use crate::ec2::sdk::eni_tags;
-use crate::ec2::{Ec2, ErrorClass, NewEni};
-use crate::metrics::Metrics;
-use crate::mock::control::{Control, Stats, bucket_spec};
+use crate::agent::config::{self, AgentConfig};
+use crate::core::settings::Values;
+use crate::core::{InstanceId, UnixMillis};
+use crate::ec2::Action;
+use crate::mock::Account;
+use crate::mock::control::{Control, Stats};
 use crate::mock::model::{Model, Tags};
 use crate::mock::scenario::LatencySpec;
-use ec2::{Account, SimEc2};
-use profile::{AgentKind, Phase, PolicySpec, Profile};
+use node::{SimNode, start_node};
+use profile::{Phase, PolicySpec, Profile};
 use report::{PhaseReport, PolicyReport, Report};
+use workload::{run_phase, sample};
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -69,37 +66,18 @@ const KUBELET_BACKOFF: Duration = Duration::from_secs(10);
 const CNI_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the fleet's holdings are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// The Unix time at which every simulated node's clock starts (2026-01-01).
+const SIM_EPOCH: UnixMillis = UnixMillis(1_767_225_600_000);
 
-/// The agent settings a policy's env vars give, through the agent's own flags, defaults and
+/// The agent settings a policy's env vars give, through the agent's own tables, defaults and
 /// validation (the process environment is not read).
 pub fn agent_config(policy: &PolicySpec) -> Result<AgentConfig, SimError> {
-    let bad = |why: String| SimError::Policy {
-        policy: policy.label(),
-        why,
-    };
-    let cmd = AgentArgs::augment_args(Command::new("simulate"));
-    let mut by_env = BTreeMap::new();
-    for a in cmd.get_arguments() {
-        if let (Some(env), Some(long)) = (a.get_env(), a.get_long()) {
-            by_env.insert(env.to_string_lossy().into_owned(), long.to_owned());
-        }
-    }
-    let mut argv = vec!["simulate".to_owned()];
-    for (k, v) in &policy.env {
-        let long = by_env.get(k).ok_or_else(|| {
-            bad(format!(
-                "{k} is not an agent setting; known: {}",
-                by_env.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-        argv.push(format!("--{long}={v}"));
-    }
-    let cmd = cmd.mut_args(|a| a.env(None::<&str>));
-    let m = cmd
-        .try_get_matches_from(argv)
-        .map_err(|e| bad(e.to_string()))?;
-    let args = AgentArgs::from_arg_matches(&m).map_err(|e| bad(e.to_string()))?;
-    args.to_config().map_err(|e| bad(e.to_string()))
+    Values::from_pairs(&policy.env, config::TABLES, "agent")
+        .and_then(|v| AgentConfig::from_lookup(&v))
+        .map_err(|e| SimError::Policy {
+            policy: policy.label(),
+            why: e.to_string(),
+        })
 }
 
 /// Runs every policy of `profile`.
@@ -153,7 +131,7 @@ struct PhaseRec {
     unserved: u64,
     last_served: Option<Instant>,
     start_stats: Option<Stats>,
-    start_tokens: BTreeMap<String, f64>,
+    start_tokens: BTreeMap<Action, f64>,
     end_stats: Option<Stats>,
 }
 
@@ -175,69 +153,6 @@ struct Rec {
 
 type Shared = Arc<Mutex<Rec>>;
 
-// ---- nodes ---------------------------------------------------------------------------------------
-
-/// One virtual node's agent, as the workload sees it: ADD and DEL.
-enum AgentRef {
-    Prefixd(PoolHandle),
-    VpcCni(Arc<Mutex<baseline::Pool>>),
-}
-
-struct SimNode {
-    index: usize,
-    agent: OnceLock<AgentRef>,
-    ready: watch::Sender<bool>,
-    drained: watch::Sender<bool>,
-    live: AtomicU32,
-    clock_origin: Instant,
-}
-
-impl SimNode {
-    fn key(pod: u64) -> PodKey {
-        PodKey::new("sim", format!("c{pod:016x}"), "eth0").expect("valid key")
-    }
-
-    fn now_ms(&self) -> u64 {
-        Instant::now().duration_since(self.clock_origin).as_millis() as u64
-    }
-
-    /// One CNI ADD: `Ok` with an address, `Err` when it failed (kubelet retries).
-    async fn add(&self, pod: u64) -> Result<(), ()> {
-        let mut ready = self.ready.subscribe();
-        let _ = ready.wait_for(|r| *r).await;
-        match self.agent.get().expect("ready") {
-            AgentRef::Prefixd(p) => p
-                .allocate(
-                    Self::key(pod),
-                    PodInfo {
-                        namespace: "sim".into(),
-                        name: format!("pod-{pod}"),
-                    },
-                    CNI_TIMEOUT,
-                )
-                .await
-                .map(|_| ())
-                .map_err(|_| ()),
-            AgentRef::VpcCni(p) => p
-                .lock()
-                .expect("pool lock")
-                .allocate(pod, self.now_ms())
-                .map(|_| ())
-                .ok_or(()),
-        }
-    }
-
-    async fn del(&self, pod: u64) {
-        match self.agent.get() {
-            Some(AgentRef::Prefixd(p)) => {
-                let _ = p.release(Self::key(pod)).await;
-            }
-            Some(AgentRef::VpcCni(p)) => p.lock().expect("pool lock").release(pod, self.now_ms()),
-            None => {}
-        }
-    }
-}
-
 struct Ctx {
     profile: Profile,
     account: Arc<Account>,
@@ -248,384 +163,8 @@ struct Ctx {
     origin: Instant,
 }
 
-#[derive(PartialEq)]
-enum Ended {
-    Lifetime,
-    Killed,
-    Stopped,
-}
-
-async fn pod_life(
-    ctx: Arc<Ctx>,
-    node: Arc<SimNode>,
-    phase: usize,
-    life: Option<Duration>,
-) -> Ended {
-    let id = ctx.next_pod.fetch_add(1, Ordering::Relaxed);
-    let created = Instant::now();
-    let mut kill = node.drained.subscribe();
-    let mut stop = ctx.stop.clone();
-    if *kill.borrow() {
-        return Ended::Killed;
-    }
-    node.live.fetch_add(1, Ordering::Relaxed);
-    {
-        let mut r = ctx.rec.lock().expect("rec");
-        r.pods += 1;
-        r.phases[phase].pods += 1;
-    }
-    let mut rng = XorShift64::new(seed_of(ctx.profile.seed, id));
-    let ended = loop {
-        let r = tokio::select! {
-            biased;
-            _ = kill.changed() => Some(Ended::Killed),
-            _ = stop.changed() => Some(Ended::Stopped),
-            r = node.add(id) => match r {
-                Ok(()) => None,
-                Err(()) => {
-                    ctx.rec.lock().expect("rec").failed_adds += 1;
-                    let backoff = KUBELET_BACKOFF.mul_f64(1.0 + 0.5 * rng.next_f64());
-                    tokio::select! {
-                        biased;
-                        _ = kill.changed() => Some(Ended::Killed),
-                        _ = stop.changed() => Some(Ended::Stopped),
-                        _ = tokio::time::sleep(backoff) => continue,
-                    }
-                }
-            },
-        };
-        break r;
-    };
-    if let Some(e) = ended {
-        // Deleted before it started: not a wait, but a pod that never got an address.
-        node.del(id).await;
-        node.live.fetch_sub(1, Ordering::Relaxed);
-        if e == Ended::Stopped {
-            let mut r = ctx.rec.lock().expect("rec");
-            r.unserved += 1;
-            r.phases[phase].unserved += 1;
-        }
-        return e;
-    }
-    {
-        let now = Instant::now();
-        // A scale-up's bound needs the calls made until its last pod's address.
-        let stats = matches!(ctx.profile.phases[phase], Phase::ScaleUp { .. })
-            .then(|| ctx.account.with_control(|c| c.stats.clone()));
-        let mut r = ctx.rec.lock().expect("rec");
-        r.waits.push(now - created);
-        r.used += 1;
-        let ph = &mut r.phases[phase];
-        ph.last_served = Some(now);
-        if stats.is_some() {
-            ph.end_stats = stats;
-        }
-    }
-    let ended = tokio::select! {
-        biased;
-        _ = kill.changed() => Ended::Killed,
-        _ = stop.changed() => Ended::Stopped,
-        _ = async {
-            match life {
-                Some(l) => tokio::time::sleep(l).await,
-                None => std::future::pending().await,
-            }
-        } => Ended::Lifetime,
-    };
-    if ended != Ended::Stopped {
-        node.del(id).await;
-    }
-    ctx.rec.lock().expect("rec").used -= 1;
-    node.live.fetch_sub(1, Ordering::Relaxed);
-    ended
-}
-
-// ---- the VPC CNI's loop ----------------------------------------------------------------------------
-
-struct VpcEni {
-    id: EniId,
-    attachment: Option<String>,
-    primary: bool,
-    created: Instant,
-}
-
-struct VpcLoop {
-    ec2: SimEc2,
-    cfg: AgentConfig,
-    node: Node,
-    pool: Arc<Mutex<baseline::Pool>>,
-    enis: Vec<Option<VpcEni>>,
-    account: Arc<Account>,
-    last_shrink: Option<Instant>,
-    cidr_backoff_until: Option<Instant>,
-}
-
-impl VpcLoop {
-    /// ipamd's main loop: 2.5 s, pool update, 2.5 s, reconcile (through IMDS: no EC2 call).
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(Duration::from_millis(2_500)) => {}
-            }
-            self.update().await;
-            tokio::select! {
-                biased;
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(Duration::from_millis(2_500)) => {}
-            }
-        }
-    }
-
-    fn max_enis(&self) -> u32 {
-        self.cfg
-            .pool
-            .targets
-            .max_eni
-            .map_or(self.node.limits.max_enis, |m| {
-                m.min(self.node.limits.max_enis)
-            })
-    }
-
-    async fn update(&mut self) {
-        let now = Instant::now();
-        let stats = self.pool.lock().expect("pool").stats();
-        match baseline::decide(&stats, &self.cfg.pool.targets, self.node.limits.max_pods) {
-            baseline::Decision::Grow(n) => {
-                if self.cidr_backoff_until.is_none_or(|u| u <= now) {
-                    self.grow(n).await;
-                }
-            }
-            baseline::Decision::Shrink(n) => {
-                if self
-                    .last_shrink
-                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30))
-                {
-                    self.shrink(n).await;
-                    self.last_shrink = Some(now);
-                }
-            }
-            baseline::Decision::Steady => {}
-        }
-        self.free_empty_eni(now).await;
-    }
-
-    fn insufficient(&mut self, class: ErrorClass) {
-        if matches!(
-            class,
-            ErrorClass::InsufficientCidr | ErrorClass::InsufficientAddresses
-        ) {
-            self.cidr_backoff_until = Some(Instant::now() + Duration::from_secs(120));
-        }
-    }
-
-    async fn grow(&mut self, n: u32) {
-        let slots = self.node.limits.slots_per_eni;
-        let target = {
-            let pool = self.pool.lock().expect("pool");
-            (0..self.enis.len())
-                .filter(|i| self.enis[*i].is_some())
-                .map(|i| (i, slots.saturating_sub(pool.prefixes_on(i))))
-                .find(|(_, free)| *free > 0)
-        };
-        if let Some((i, free)) = target {
-            let eni = self.enis[i].as_ref().expect("live").id.clone();
-            let k = n.max(1).min(free);
-            let r = match self.ec2.assign_prefixes(&eni, k).await {
-                Err(e) if k > 1 && !matches!(e.class, ErrorClass::InsufficientCidr) => {
-                    self.ec2.assign_prefixes(&eni, 1).await
-                }
-                r => r,
-            };
-            match r {
-                Ok(ps) => self.pool.lock().expect("pool").add(i, &ps),
-                Err(e) => self.insufficient(e.class),
-            }
-            return;
-        }
-        let live = self.enis.iter().flatten().count() as u32;
-        if live >= self.max_enis() {
-            return;
-        }
-        let req = NewEni {
-            subnet: self.node.subnet.clone(),
-            security_groups: self.node.security_groups.clone(),
-            description: "aws-K8S-i (simulated)".into(),
-            tags: eni_tags(&self.node.instance, None),
-            prefixes: n.max(1).min(slots),
-            secondary_ips: 0,
-        };
-        let info = match self.ec2.create_eni(&req).await {
-            Ok(i) => i,
-            Err(e) => return self.insufficient(e.class),
-        };
-        let used: Vec<u32> = self.account.with_model(|m| {
-            m.enis_of(self.node.instance.as_str())
-                .iter()
-                .filter_map(|e| e.attachment.as_ref().map(|a| a.device_index))
-                .collect()
-        });
-        let index = (1..).find(|i| !used.contains(i)).expect("an index");
-        let attachment = match self
-            .ec2
-            .attach_eni(&info.id, &self.node.instance, index)
-            .await
-        {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = self.ec2.delete_eni(&info.id).await;
-                return;
-            }
-        };
-        let _ = self
-            .ec2
-            .set_delete_on_termination(&info.id, &attachment)
-            .await;
-        // ipamd waits for the ENI to show in IMDS (no EC2 call).
-        loop {
-            let ready = self.account.with_model(|m| {
-                m.enis
-                    .get(info.id.as_str())
-                    .and_then(|e| e.attachment.as_ref())
-                    .is_none_or(|a| a.ready_at_ms <= self.account.now_ms())
-            });
-            if ready {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        self.enis.push(Some(VpcEni {
-            id: info.id.clone(),
-            attachment: Some(attachment),
-            primary: false,
-            created: Instant::now(),
-        }));
-        let i = self.enis.len() - 1;
-        self.pool.lock().expect("pool").add(i, &info.prefixes);
-    }
-
-    async fn shrink(&mut self, n: u32) {
-        let taken = self.pool.lock().expect("pool").take_free(n);
-        let mut by_eni: BTreeMap<usize, Vec<crate::core::Prefix28>> = BTreeMap::new();
-        for (eni, p) in taken {
-            by_eni.entry(eni).or_default().push(p);
-        }
-        for (i, ps) in by_eni {
-            let id = self.enis[i].as_ref().expect("live").id.clone();
-            if self.ec2.unassign(&id, &ps, &[]).await.is_err() {
-                self.pool.lock().expect("pool").add(i, &ps);
-            }
-        }
-    }
-
-    async fn free_empty_eni(&mut self, now: Instant) {
-        let found = {
-            let pool = self.pool.lock().expect("pool");
-            (0..self.enis.len()).find(|i| {
-                self.enis[*i].as_ref().is_some_and(|e| {
-                    !e.primary
-                        && pool.prefixes_on(*i) == 0
-                        && now.duration_since(e.created) >= Duration::from_secs(60)
-                })
-            })
-        };
-        let Some(i) = found else {
-            return;
-        };
-        let e = self.enis[i].take().expect("found");
-        if let Some(a) = &e.attachment
-            && self.ec2.detach_eni(a).await.is_err()
-        {
-            self.enis[i] = Some(e);
-            return;
-        }
-        let _ = self.ec2.delete_eni(&e.id).await;
-    }
-}
-
-// ---- one policy ----------------------------------------------------------------------------------
-
-async fn start_node(
-    ctx: Arc<Ctx>,
-    node: Arc<SimNode>,
-    instance: InstanceId,
-    kind: AgentKind,
-    cfg: AgentConfig,
-) {
-    let seed = seed_of(ctx.profile.seed, node.index as u64 + 1);
-    let limiter = match kind {
-        AgentKind::Prefixd => Some(Limiter::new(cfg.ec2_api_qps, cfg.ec2_api_burst)),
-        AgentKind::VpcCni => None,
-    };
-    let retry = match kind {
-        AgentKind::Prefixd => RetryPolicy::AGENT,
-        AgentKind::VpcCni => RetryPolicy::STANDARD,
-    };
-    let sim = SimEc2::new(ctx.account.clone(), limiter, retry, seed);
-    let info = match crate::agent::discover(&sim, &cfg, &instance).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!(instance = %instance, error = %e, "simulated node could not start");
-            return;
-        }
-    };
-    match kind {
-        AgentKind::Prefixd => {
-            let wake = Arc::new(Notify::new());
-            let metrics = Arc::new(Metrics::new());
-            let clock = Clock::Virtual {
-                origin: node.clock_origin,
-                epoch: UnixMillis(1_767_225_600_000),
-            };
-            let handle =
-                pool::start_inline(cfg.pool.cooldown, wake.clone(), metrics.clone(), clock);
-            let (tx, rx) = oneshot::channel();
-            let looper = Looper::new(
-                Arc::new(sim),
-                cfg,
-                info,
-                handle.clone(),
-                Arc::new(Status::default()),
-                metrics,
-                wake,
-                tx,
-            );
-            tokio::spawn(looper.run(ctx.stop.clone()));
-            // The agent serves its socket after the first resync.
-            let _ = rx.await;
-            let _ = node.agent.set(AgentRef::Prefixd(handle));
-        }
-        AgentKind::VpcCni => {
-            let pool = Arc::new(Mutex::new(baseline::Pool::new(
-                cfg.pool.cooldown.as_millis() as u64,
-                seed,
-            )));
-            let primary = VpcEni {
-                id: info.primary_eni.clone(),
-                attachment: None,
-                primary: true,
-                created: Instant::now(),
-            };
-            let l = VpcLoop {
-                ec2: sim,
-                cfg,
-                node: info,
-                pool: pool.clone(),
-                enis: vec![Some(primary)],
-                account: ctx.account.clone(),
-                last_shrink: None,
-                cidr_backoff_until: None,
-            };
-            tokio::spawn(l.run(ctx.stop.clone()));
-            let _ = node.agent.set(AgentRef::VpcCni(pool));
-        }
-    }
-    node.ready.send_replace(true);
-}
-
 fn build_account(p: &Profile) -> Result<(Model, Vec<InstanceId>), SimError> {
-    let setup = |e: crate::mock::Ec2Error| SimError::Setup(e.to_string());
+    let setup = |e: crate::mock::ApiError| SimError::Setup(e.to_string());
     let net: ipnet::Ipv4Net = p.subnet_cidr.parse().expect("validated");
     let mut model = Model::new("us-west-2");
     let vpc_net = ipnet::Ipv4Net::new(net.network(), 16)
@@ -666,8 +205,8 @@ async fn run_policy(
     control.throttling = p.throttling;
     if p.latency {
         for (a, d) in LatencySpec::realistic().actions {
-            let d = p.duration_of(&d);
-            control.latency.insert(a, d);
+            let a: Action = a.parse().expect("the latency model names known actions");
+            control.latency.insert(a, p.duration_of(&d));
         }
     }
     // Start-up calls are not the workload's: the counts start once the account exists.
@@ -723,7 +262,7 @@ async fn run_policy(
     let _ = stop_tx.send(true);
     // Let every task see the stop.
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let stats = account.with_control(|c| c.stats.clone());
+    let stats = account.stats();
     let rec = std::mem::take(&mut *rec.lock().expect("rec"));
     Ok(report::summarize(spec, rec_into(rec, p, origin), stats))
 }
@@ -752,11 +291,6 @@ pub struct RunData {
     pub phases: Vec<PhaseReport>,
 }
 
-fn ok_calls(s: &Stats, action: &str) -> u64 {
-    let errors: u64 = s.errors.get(action).map_or(0, |m| m.values().sum());
-    s.calls_of(action).saturating_sub(errors)
-}
-
 fn rec_into(rec: Rec, p: &Profile, origin: Instant) -> RunData {
     let phases = p
         .phases
@@ -774,21 +308,14 @@ fn rec_into(rec: Rec, p: &Profile, origin: Instant) -> RunData {
                 (Some(a), Some(b)) if matches!(ph, Phase::ScaleUp { .. }) => {
                     let mut bound = 0.0f64;
                     let mut mutating = BTreeMap::new();
-                    for action in crate::ec2::ACTIONS
-                        .iter()
-                        .filter(|a| !a.starts_with("Describe"))
-                    {
-                        let n = ok_calls(b, action).saturating_sub(ok_calls(a, action));
+                    for action in Action::AGENT.iter().filter(|a| a.is_mutating()) {
+                        let n = b.ok_calls(*action).saturating_sub(a.ok_calls(*action));
                         if n == 0 {
                             continue;
                         }
-                        mutating.insert((*action).to_owned(), n);
-                        let spec = bucket_spec(action, false);
-                        let tokens = r
-                            .start_tokens
-                            .get(*action)
-                            .copied()
-                            .unwrap_or(spec.capacity);
+                        mutating.insert(action.name().to_owned(), n);
+                        let spec = action.bucket(false);
+                        let tokens = r.start_tokens.get(action).copied().unwrap_or(spec.capacity);
                         bound = bound.max((n as f64 - tokens).max(0.0) / spec.refill);
                     }
                     let thr: u64 =
@@ -821,108 +348,5 @@ fn rec_into(rec: Rec, p: &Profile, origin: Instant) -> RunData {
         prefixes_peak: rec.prefixes_peak,
         enis_peak: rec.enis_peak,
         phases,
-    }
-}
-
-/// Samples what the account holds: every ENI in it is a simulated node's (or a detached one
-/// on its way out).
-async fn sample(ctx: Arc<Ctx>, from: Duration) {
-    let mut stop = ctx.stop.clone();
-    tokio::time::sleep(from).await;
-    loop {
-        let (held, prefixes, enis) = ctx.account.with_model(|m| {
-            let (mut h, mut p, mut e) = (0u64, 0u64, 0u64);
-            for x in m.enis.values() {
-                h += 16 * x.prefixes.len() as u64 + x.secondary.len() as u64;
-                p += x.prefixes.len() as u64;
-                e += 1;
-            }
-            (h, p, e)
-        });
-        {
-            let mut r = ctx.rec.lock().expect("rec");
-            r.samples += 1;
-            r.held_sum += held as f64;
-            r.used_sum += r.used as f64;
-            r.held_peak = r.held_peak.max(held);
-            r.prefixes_peak = r.prefixes_peak.max(prefixes);
-            r.enis_peak = r.enis_peak.max(enis);
-        }
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-        }
-    }
-}
-
-async fn run_phase(ctx: Arc<Ctx>, index: usize, ph: Phase) {
-    let at = ctx.profile.duration_of(ph.at());
-    tokio::time::sleep(at).await;
-    {
-        let now = Instant::now();
-        let (stats, tokens) = ctx.account.with_control(|c| {
-            let tokens = crate::ec2::ACTIONS
-                .iter()
-                .map(|a| ((*a).to_owned(), c.tokens(a, now)))
-                .collect();
-            (c.stats.clone(), tokens)
-        });
-        let mut r = ctx.rec.lock().expect("rec");
-        r.phases[index].start_stats = Some(stats);
-        r.phases[index].start_tokens = tokens;
-    }
-    match ph {
-        Phase::ScaleUp { pods_per_node, .. } => {
-            for node in &ctx.nodes {
-                for _ in 0..pods_per_node {
-                    tokio::spawn(pod_life(ctx.clone(), node.clone(), index, None));
-                }
-            }
-        }
-        Phase::Churn {
-            until,
-            pods_per_node,
-            mean_lifetime,
-            ..
-        } => {
-            let until = ctx.profile.duration_of(&until);
-            let mean = ctx.profile.duration_of(&mean_lifetime);
-            for node in &ctx.nodes {
-                for slot in 0..pods_per_node {
-                    let (ctx, node) = (ctx.clone(), node.clone());
-                    tokio::spawn(async move {
-                        let mut rng = XorShift64::new(seed_of(
-                            ctx.profile.seed ^ 0xC0FFEE,
-                            (node.index as u64) << 20 | u64::from(slot),
-                        ));
-                        let end = ctx.origin + until;
-                        while Instant::now() < end {
-                            let u = rng.next_f64().max(1e-9);
-                            let life = mean.mul_f64(-u.ln());
-                            if pod_life(ctx.clone(), node.clone(), index, Some(life)).await
-                                != Ended::Lifetime
-                            {
-                                break;
-                            }
-                        }
-                    });
-                }
-            }
-        }
-        Phase::Drain { nodes, .. } => {
-            let n = ctx.nodes.len();
-            let drained = &ctx.nodes[n - nodes as usize..];
-            let keep = &ctx.nodes[..n - nodes as usize];
-            let mut moved = 0u32;
-            for d in drained {
-                moved += d.live.load(Ordering::Relaxed);
-                d.drained.send_replace(true);
-            }
-            for i in 0..moved as usize {
-                let node = keep[i % keep.len()].clone();
-                tokio::spawn(pod_life(ctx.clone(), node, index, None));
-            }
-        }
     }
 }

@@ -128,8 +128,8 @@ pub(super) fn summarize(spec: &PolicySpec, mut run: RunData, stats: Stats) -> Po
         wait_max_ms: run.waits.last().map_or(0, |d| d.as_millis() as u64),
         failed_adds: run.failed_adds,
         throttled: stats.throttled.values().sum(),
-        throttled_by_action: stats.throttled.clone(),
-        calls: stats.calls,
+        throttled_by_action: by_name(&stats.throttled),
+        calls: by_name(&stats.calls),
         insufficient_cidr,
         held_avg: run.held_avg,
         used_avg: run.used_avg,
@@ -296,4 +296,8 @@ impl Report {
         );
         o
     }
+}
+
+fn by_name(m: &BTreeMap<crate::ec2::Action, u64>) -> BTreeMap<String, u64> {
+    m.iter().map(|(a, n)| (a.name().to_owned(), *n)).collect()
 }

@@ -2,6 +2,9 @@
 //! aws-sdk-ec2 client pointed at it, and raw HTTP for what no SDK sends.
 #![allow(dead_code)]
 
+pub mod containerd;
+pub mod vpc;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
@@ -80,33 +83,41 @@ pub async fn http_async(
 
 /// An agent running in this process against a mock, over HTTP through the real SDK.
 pub struct TestAgent {
-    pub agent: prefixd::agent::AgentHandle,
+    pub agent: prefixd::agent::Agent,
     pub socket: std::path::PathBuf,
     pub dir: tempfile::TempDir,
 }
 
-/// Starts `prefixd agent`'s machinery in-process. `args` are extra agent flags.
-pub async fn start_agent(mock: &MockServer, instance: &str, args: &[&str]) -> TestAgent {
-    start_agent_in(mock, instance, args, tempfile::tempdir().unwrap(), 1).await
+/// Starts `prefixd agent`'s machinery in-process. `settings` are env var names and values.
+pub async fn start_agent(
+    mock: &MockServer,
+    instance: &str,
+    settings: &[(&str, &str)],
+) -> TestAgent {
+    start_agent_in(mock, instance, settings, tempfile::tempdir().unwrap(), 1).await
 }
 
 /// As [`start_agent`], in a given directory and with SDK retries set to `attempts`.
 pub async fn start_agent_in(
     mock: &MockServer,
     instance: &str,
-    args: &[&str],
+    settings: &[(&str, &str)],
     dir: tempfile::TempDir,
     attempts: u32,
 ) -> TestAgent {
-    start_agent_full(&mock.endpoint(), instance, args, dir, attempts, true).await
+    start_agent_full(&mock.endpoint(), instance, settings, dir, attempts, true).await
 }
 
 /// The agent against any EC2 endpoint (LocalStack), ready.
-pub async fn start_agent_at(endpoint: &str, instance: &str, args: &[&str]) -> TestAgent {
+pub async fn start_agent_at(
+    endpoint: &str,
+    instance: &str,
+    settings: &[(&str, &str)],
+) -> TestAgent {
     start_agent_full(
         endpoint,
         instance,
-        args,
+        settings,
         tempfile::tempdir().unwrap(),
         3,
         true,
@@ -115,11 +126,15 @@ pub async fn start_agent_at(endpoint: &str, instance: &str, args: &[&str]) -> Te
 }
 
 /// The agent against any EC2 endpoint, without waiting for readiness.
-pub async fn start_agent_at_unready(endpoint: &str, instance: &str, args: &[&str]) -> TestAgent {
+pub async fn start_agent_at_unready(
+    endpoint: &str,
+    instance: &str,
+    settings: &[(&str, &str)],
+) -> TestAgent {
     start_agent_full(
         endpoint,
         instance,
-        args,
+        settings,
         tempfile::tempdir().unwrap(),
         3,
         false,
@@ -130,39 +145,24 @@ pub async fn start_agent_at_unready(endpoint: &str, instance: &str, args: &[&str
 async fn start_agent_full(
     endpoint: &str,
     instance: &str,
-    args: &[&str],
+    settings: &[(&str, &str)],
     dir: tempfile::TempDir,
     attempts: u32,
     wait: bool,
 ) -> TestAgent {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct A {
-        #[command(flatten)]
-        a: prefixd::agent::config::AgentArgs,
-    }
     let socket = dir.path().join("agent.sock");
     let cp = dir.path().join("checkpoint.json");
-    let mut argv: Vec<String> = vec![
-        "agent".into(),
-        "--instance-id".into(),
-        instance.into(),
-        "--checkpoint-path".into(),
-        cp.display().to_string(),
-        "--socket-path".into(),
-        socket.display().to_string(),
-        "--introspection-bind-address".into(),
-        "127.0.0.1:0".into(),
-        "--metrics-bind-address".into(),
-        "127.0.0.1:0".into(),
-        "--pool-tick".into(),
-        "100ms".into(),
+    let (socket_s, cp_s) = (socket.display().to_string(), cp.display().to_string());
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("CHECKPOINT_PATH", &cp_s),
+        ("SOCKET_PATH", &socket_s),
+        ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:0"),
+        ("METRICS_BIND_ADDRESS", "127.0.0.1:0"),
+        ("POOL_TICK", "100ms"),
+        ("EC2_API_QPS", "100"),
     ];
-    if !args.contains(&"--ec2-api-qps") {
-        argv.extend(["--ec2-api-qps".into(), "100".into()]);
-    }
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let cfg = A::try_parse_from(&argv).unwrap().a.to_config().unwrap();
+    pairs.extend_from_slice(settings);
+    let cfg = prefixd::agent::config::AgentConfig::with(pairs).unwrap();
     let metrics = std::sync::Arc::new(prefixd::metrics::Metrics::new());
     let conf = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -175,10 +175,12 @@ async fn start_agent_full(
         .build();
     let ec2 = prefixd::ec2::sdk::SdkEc2::new(
         aws_sdk_ec2::Client::from_conf(conf),
-        prefixd::ec2::limiter::Limiter::new(cfg.ec2_api_qps, cfg.ec2_api_burst),
+        cfg.limiter.limiter(),
         metrics.clone(),
     );
-    let agent = prefixd::agent::start(cfg, ec2, instance.parse().unwrap(), metrics)
+    let agent = prefixd::agent::AgentBuilder::new(cfg, ec2, instance.parse().unwrap())
+        .metrics(metrics)
+        .start()
         .await
         .unwrap();
     if wait {
@@ -188,6 +190,92 @@ async fn start_agent_full(
             .unwrap();
     }
     TestAgent { agent, socket, dir }
+}
+
+/// An agent on tokio's paused clock (run it in `#[tokio::test(start_paused = true)]`): the
+/// mock's account reached directly (no HTTP), the pool inline and in memory, no socket or HTTP.
+/// ADDs and DELs go through `agent.pool`. Timers — cooldowns, RELEASE_DELAY, backoff, the
+/// limiter — run on virtual time, so these tests are exact and take no real time waiting.
+pub struct PausedAgent {
+    pub agent: prefixd::agent::Agent,
+    pub account: std::sync::Arc<prefixd::mock::Account>,
+    pub names: std::collections::BTreeMap<String, String>,
+}
+
+impl PausedAgent {
+    pub fn id(&self, name: &str) -> String {
+        self.names[name].clone()
+    }
+
+    pub fn stats(&self) -> prefixd::mock::control::Stats {
+        self.account.stats()
+    }
+
+    /// An ADD as the plugin makes it.
+    pub async fn add(
+        &self,
+        container: &str,
+        timeout_ms: u64,
+    ) -> Result<std::net::Ipv4Addr, prefixd::agent::pool::PoolError> {
+        let key = prefixd::core::PodKey::new("net", container, "eth0").unwrap();
+        self.agent
+            .pool
+            .allocate(
+                key,
+                prefixd::core::PodInfo::default(),
+                std::time::Duration::from_millis(timeout_ms),
+            )
+            .await
+    }
+
+    /// A DEL: whether the key held an address.
+    pub async fn del(&self, container: &str) -> bool {
+        let key = prefixd::core::PodKey::new("net", container, "eth0").unwrap();
+        self.agent.pool.release(key).await.unwrap().is_some()
+    }
+
+    /// Waits (on virtual time) until `f` holds, at most `secs`.
+    pub async fn until(&self, secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while tokio::time::Instant::now() < deadline {
+            if f().await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("not within {secs} s of virtual time: {what}");
+    }
+}
+
+/// The agent for the scenario's instance `node`, on paused time, with `settings` (env names).
+pub async fn paused_agent(scenario: &str, settings: &[(&str, &str)]) -> PausedAgent {
+    let built = Scenario::parse(scenario, "test")
+        .unwrap()
+        .build("test")
+        .unwrap();
+    let names = built.names.clone();
+    let account = std::sync::Arc::new(prefixd::mock::Account::new(built.model, built.control));
+    let mut pairs = vec![("POOL_TICK", "100ms"), ("EC2_API_QPS", "100")];
+    pairs.extend_from_slice(settings);
+    let cfg = prefixd::agent::config::AgentConfig::with(pairs).unwrap();
+    let ec2 = prefixd::mock::DirectEc2::new(
+        account.clone(),
+        Some(cfg.limiter.limiter()),
+        prefixd::ec2::RetryPolicy::AGENT,
+        1,
+    );
+    let agent = prefixd::agent::AgentBuilder::new(cfg, ec2, names["node"].parse().unwrap())
+        .pool(prefixd::agent::PoolMode::Inline)
+        .headless()
+        .start()
+        .await
+        .unwrap();
+    agent.resynced().await;
+    PausedAgent {
+        agent,
+        account,
+        names,
+    }
 }
 
 /// ADD through the socket, as the plugin does (blocking client on a blocking thread).

@@ -1,79 +1,35 @@
-//! [`Ec2`] straight on the mock's model, on virtual time: no HTTP and no XML, but the same
-//! model (subnet accounting, limits, fragmentation), the same control (EC2's token buckets,
-//! latency) and, around each call, what the SDK does: its standard retry mode.
-//!
-//! One [`Account`] is shared by every virtual node; each node has its own [`SimEc2`] with its
-//! own client-side limiter (prefixd's EC2_API_QPS / EC2_API_BURST, or none), SDK retry policy
-//! and retry jitter.
+//! [`Ec2`] straight on an [`Account`]: no HTTP and no XML, but the same model (subnet
+//! accounting, limits, fragmentation), the same control (EC2's token buckets, latency, faults)
+//! and the same call path as the HTTP server; around each call, what the SDK does (its retry
+//! policy) and the agent's client-side limiter. The simulator's virtual nodes and the tests that
+//! run the agent on paused time use it.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use tokio::time::Instant;
-
+use super::ApiError;
+use super::account::Account;
+use super::actions::attach_status;
+use super::model::{Eni, IpRequest, Model};
+use crate::core::backoff::{Backoff, Jitter};
 use crate::core::rng::XorShift64;
 use crate::core::{EniId, InstanceId, Prefix28, SubnetId, instance_types};
 use crate::ec2::limiter::Limiter;
 use crate::ec2::{
-    Ec2, Ec2Error, EniInfo, ErrorClass, InstanceInfo, NewEni, RetryPolicy, SubnetInfo, TypeLimits,
-    tags,
+    Action, Ec2, Ec2Error, EniInfo, ErrorClass, InstanceInfo, NewEni, RetryPolicy, SubnetInfo,
+    TypeLimits, tags,
 };
-use crate::mock;
-use crate::mock::actions::attach_status;
-use crate::mock::control::Control;
-use crate::mock::model::{Eni, IpRequest, Model};
-
-/// One EC2 account and region: the model and its control, on the simulation's clock.
-pub struct Account {
-    /// EC2 state.
-    pub model: Mutex<Model>,
-    /// Buckets, latency, statistics.
-    pub control: Mutex<Control>,
-    origin: Instant,
-}
-
-impl Account {
-    /// An account whose clock starts now.
-    pub fn new(model: Model, control: Control) -> Self {
-        Self {
-            model: Mutex::new(model),
-            control: Mutex::new(control),
-            origin: Instant::now(),
-        }
-    }
-
-    /// Mock time in ms (attachment states).
-    pub fn now_ms(&self) -> u64 {
-        Instant::now().duration_since(self.origin).as_millis() as u64
-    }
-
-    /// Runs `f` on the model.
-    pub fn with_model<R>(&self, f: impl FnOnce(&mut Model) -> R) -> R {
-        f(&mut self.model.lock().expect("model lock"))
-    }
-
-    /// Runs `f` on the control.
-    pub fn with_control<R>(&self, f: impl FnOnce(&mut Control) -> R) -> R {
-        f(&mut self.control.lock().expect("control lock"))
-    }
-}
 
 /// One node's EC2 client.
-pub struct SimEc2 {
+pub struct DirectEc2 {
     account: Arc<Account>,
     limiter: Option<Limiter>,
     retry: RetryPolicy,
     rng: Mutex<XorShift64>,
 }
 
-fn convert(action: &'static str, e: mock::Ec2Error) -> Ec2Error {
-    Ec2Error {
-        action,
-        class: ErrorClass::of(&e.code, Some(e.status)),
-        code: e.code,
-        message: e.message,
-    }
+fn convert(action: Action, e: ApiError) -> Ec2Error {
+    Ec2Error::classified(action, e.code, Some(e.status), e.message)
 }
 
 fn info(e: &Eni, now_ms: u64) -> EniInfo {
@@ -92,7 +48,7 @@ fn info(e: &Eni, now_ms: u64) -> EniInfo {
     }
 }
 
-impl SimEc2 {
+impl DirectEc2 {
     /// A client for one node: `limiter` for mutating calls (None: no client-side limit),
     /// `seed` for the retry jitter.
     pub fn new(
@@ -109,66 +65,47 @@ impl SimEc2 {
         }
     }
 
-    fn jitter(&self) -> f64 {
-        self.rng.lock().expect("rng lock").next_f64()
-    }
-
     /// One call as the SDK makes it: the limiter (mutating calls), then up to
-    /// `max_attempts` tries through EC2's buckets, latency and the model.
+    /// `max_attempts` tries along the account's call path, with the SDK's full-jitter backoff
+    /// between them.
     async fn call<T>(
         &self,
-        action: &'static str,
-        unfiltered: bool,
-        mut f: impl FnMut(&mut Model, u64) -> Result<T, mock::Ec2Error>,
+        action: Action,
+        mut f: impl FnMut(&mut Model, u64) -> Result<T, ApiError>,
     ) -> Result<T, Ec2Error> {
-        let mutating = !action.starts_with("Describe");
-        if mutating && let Some(l) = &self.limiter {
+        if action.is_mutating()
+            && let Some(l) = &self.limiter
+        {
             l.acquire().await;
         }
+        let backoff = Backoff::new(
+            self.retry.initial_backoff,
+            self.retry.max_backoff,
+            Jitter::Full,
+        );
         let mut attempt = 1;
         loop {
-            let admitted = self
-                .account
-                .with_control(|c| c.admit(action, unfiltered, Instant::now()));
-            let err = match admitted {
-                Err(e) => e,
-                Ok(delay) => {
-                    if delay > Duration::ZERO {
-                        tokio::time::sleep(delay).await;
-                    }
-                    let now_ms = self.account.now_ms();
-                    match self.account.with_model(|m| f(m, now_ms)) {
-                        Ok(v) => return Ok(v),
-                        Err(e) => {
-                            self.account
-                                .with_control(|c| c.count_error(action, &e.code));
-                            e
-                        }
-                    }
-                }
+            let e = match self.account.call(action, false, |m, now| f(m, now)).await {
+                Ok(v) => return Ok(v),
+                Err(e) => convert(action, e),
             };
-            let e = convert(action, err);
             if attempt >= self.retry.max_attempts
                 || !matches!(e.class, ErrorClass::Throttled | ErrorClass::Transient)
             {
                 return Err(e);
             }
-            let bound = self
-                .retry
-                .initial_backoff
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(self.retry.max_backoff);
-            tokio::time::sleep(bound.mul_f64(self.jitter())).await;
+            let wait = backoff.delay(attempt - 1, &mut self.rng.lock().expect("rng lock"));
+            tokio::time::sleep(wait).await;
             attempt += 1;
         }
     }
 }
 
-impl Ec2 for SimEc2 {
+impl Ec2 for DirectEc2 {
     async fn describe_instance(&self, id: &InstanceId) -> Result<InstanceInfo, Ec2Error> {
-        self.call("DescribeInstances", false, |m, _| {
+        self.call(Action::DescribeInstances, |m, _| {
             let i = m.instances.get(id.as_str()).ok_or_else(|| {
-                mock::Ec2Error::client(
+                ApiError::client(
                     "InvalidInstanceID.NotFound",
                     format!("The instance ID '{id}' does not exist"),
                 )
@@ -186,9 +123,9 @@ impl Ec2 for SimEc2 {
     }
 
     async fn describe_instance_type(&self, name: &str) -> Result<TypeLimits, Ec2Error> {
-        self.call("DescribeInstanceTypes", false, |_, _| {
+        self.call(Action::DescribeInstanceTypes, |_, _| {
             let t = instance_types::lookup(name).ok_or_else(|| {
-                mock::Ec2Error::client(
+                ApiError::client(
                     "InvalidInstanceType",
                     format!("The following supplied instance types do not exist: [{name}]"),
                 )
@@ -204,11 +141,11 @@ impl Ec2 for SimEc2 {
     }
 
     async fn describe_subnets(&self, ids: &[SubnetId]) -> Result<Vec<SubnetInfo>, Ec2Error> {
-        self.call("DescribeSubnets", false, |m, _| {
+        self.call(Action::DescribeSubnets, |m, _| {
             ids.iter()
                 .map(|id| {
                     let s = m.subnets.get(id.as_str()).ok_or_else(|| {
-                        mock::Ec2Error::client(
+                        ApiError::client(
                             "InvalidSubnetID.NotFound",
                             format!("The subnet ID '{id}' does not exist"),
                         )
@@ -225,7 +162,7 @@ impl Ec2 for SimEc2 {
     }
 
     async fn describe_node_enis(&self, instance: &InstanceId) -> Result<Vec<EniInfo>, Ec2Error> {
-        self.call("DescribeNetworkInterfaces", false, |m, now| {
+        self.call(Action::DescribeNetworkInterfaces, |m, now| {
             Ok(m.enis_of(instance.as_str())
                 .into_iter()
                 .map(|e| info(e, now))
@@ -238,7 +175,7 @@ impl Ec2 for SimEc2 {
         &self,
         cluster: Option<&str>,
     ) -> Result<Vec<EniInfo>, Ec2Error> {
-        self.call("DescribeNetworkInterfaces", false, |m, now| {
+        self.call(Action::DescribeNetworkInterfaces, |m, now| {
             Ok(m.enis
                 .values()
                 .filter(|e| e.attachment.is_none() && e.tags.contains_key(tags::INSTANCE_ID))
@@ -254,7 +191,7 @@ impl Ec2 for SimEc2 {
     }
 
     async fn assign_prefixes(&self, eni: &EniId, count: u32) -> Result<Vec<Prefix28>, Ec2Error> {
-        self.call("AssignPrivateIpAddresses", false, |m, _| {
+        self.call(Action::AssignPrivateIpAddresses, |m, _| {
             m.assign(
                 eni.as_str(),
                 IpRequest {
@@ -272,7 +209,7 @@ impl Ec2 for SimEc2 {
         eni: &EniId,
         count: u32,
     ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
-        self.call("AssignPrivateIpAddresses", false, |m, _| {
+        self.call(Action::AssignPrivateIpAddresses, |m, _| {
             m.assign(
                 eni.as_str(),
                 IpRequest {
@@ -292,14 +229,14 @@ impl Ec2 for SimEc2 {
         ips: &[Ipv4Addr],
     ) -> Result<(), Ec2Error> {
         let ps: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
-        self.call("UnassignPrivateIpAddresses", false, |m, _| {
+        self.call(Action::UnassignPrivateIpAddresses, |m, _| {
             m.unassign(eni.as_str(), &ps, ips)
         })
         .await
     }
 
     async fn create_eni(&self, req: &NewEni) -> Result<EniInfo, Ec2Error> {
-        self.call("CreateNetworkInterface", false, |m, now| {
+        self.call(Action::CreateNetworkInterface, |m, now| {
             let id = m.create_eni(
                 req.subnet.as_str(),
                 req.security_groups.clone(),
@@ -323,7 +260,7 @@ impl Ec2 for SimEc2 {
         instance: &InstanceId,
         device_index: u32,
     ) -> Result<String, Ec2Error> {
-        self.call("AttachNetworkInterface", false, |m, now| {
+        self.call(Action::AttachNetworkInterface, |m, now| {
             m.attach(eni.as_str(), instance.as_str(), device_index, 0, now)
         })
         .await
@@ -334,21 +271,21 @@ impl Ec2 for SimEc2 {
         eni: &EniId,
         attachment_id: &str,
     ) -> Result<(), Ec2Error> {
-        self.call("ModifyNetworkInterfaceAttribute", false, |m, _| {
+        self.call(Action::ModifyNetworkInterfaceAttribute, |m, _| {
             m.set_delete_on_termination(eni.as_str(), attachment_id, true)
         })
         .await
     }
 
     async fn detach_eni(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        self.call("DetachNetworkInterface", false, |m, _| {
+        self.call(Action::DetachNetworkInterface, |m, _| {
             m.detach(attachment_id)
         })
         .await
     }
 
     async fn delete_eni(&self, eni: &EniId) -> Result<(), Ec2Error> {
-        self.call("DeleteNetworkInterface", false, |m, _| {
+        self.call(Action::DeleteNetworkInterface, |m, _| {
             m.delete_eni(eni.as_str())
         })
         .await

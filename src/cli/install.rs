@@ -1,0 +1,64 @@
+//! `prefixd install-cni`: the DaemonSet's init container copies the plugin and the node conflist
+//! onto the host, each to a temp name and renamed, the conflist checked first.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::CliError;
+
+/// `prefixd install-cni`.
+#[derive(Debug, Args)]
+pub struct InstallCniArgs {
+    /// Where CNI plugins live on the host.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// Where CNI configs live on the host.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// The plugin binary to install.
+    #[arg(long, default_value = "/usr/local/bin/prefixd-cni")]
+    pub plugin: PathBuf,
+    /// The conflist to install.
+    #[arg(long, default_value = "/etc/prefixd/10-prefixd.conflist")]
+    pub conflist: PathBuf,
+}
+
+fn install_file(src: &Path, dir: &Path, mode: u32) -> Result<PathBuf, CliError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |path: &Path, source| CliError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let name = src
+        .file_name()
+        .ok_or_else(|| io(src, std::io::Error::other("no file name")))?;
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let dest = dir.join(name);
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::copy(src, &tmp).map_err(|e| io(src, e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
+    Ok(dest)
+}
+
+/// Runs `prefixd install-cni`.
+pub fn run(args: &InstallCniArgs) -> Result<(), CliError> {
+    let conf = std::fs::read(&args.conflist).map_err(|source| CliError::File {
+        path: args.conflist.clone(),
+        source,
+    })?;
+    crate::cni::check_conflist(&conf).map_err(|e| {
+        CliError::Input(format!(
+            "{} is not a usable conflist: {} ({})",
+            args.conflist.display(),
+            e.msg,
+            e.details
+        ))
+    })?;
+    let bin = install_file(&args.plugin, &args.bin_dir, 0o755)?;
+    let conf = install_file(&args.conflist, &args.conf_dir, 0o644)?;
+    println!("installed {} and {}", bin.display(), conf.display());
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! ENIs: creation with addresses, attachment (limits, device indexes, cards), detach, delete,
+//! attributes, and the assignment of prefixes and secondary addresses.
+
+use std::net::Ipv4Addr;
+use std::time::SystemTime;
+
+use super::{IpRequest, Model, Tags, check_id, not_found, take};
+use crate::core::Prefix28;
+use crate::core::instance_types::InstanceTypeInfo;
+use crate::mock::ApiError;
+
+/// Largest Ipv4AddressesPerInterface of any type: the cap for an ENI not attached to anything.
+const MAX_ADDRESSES_UNATTACHED: u32 = 50;
+
+/// An ENI's attachment.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// eni-attach-…
+    pub id: String,
+    /// The instance.
+    pub instance: String,
+    /// Device index.
+    pub device_index: u32,
+    /// Network card index.
+    pub card_index: u32,
+    /// Mock time of the attach.
+    pub attached_at_ms: u64,
+    /// Mock time at which `attaching` becomes `attached`.
+    pub ready_at_ms: u64,
+    /// Wall-clock attach time.
+    pub attach_time: SystemTime,
+    /// Deleted with the instance.
+    pub delete_on_termination: bool,
+}
+
+/// An ENI.
+#[derive(Debug, Clone)]
+pub struct Eni {
+    /// eni-…
+    pub id: String,
+    /// Subnet.
+    pub subnet: String,
+    /// VPC.
+    pub vpc: String,
+    /// Availability zone.
+    pub az: String,
+    /// Description.
+    pub description: String,
+    /// Security groups.
+    pub sgs: Vec<String>,
+    /// MAC address.
+    pub mac: String,
+    /// Primary private address.
+    pub primary_ip: Ipv4Addr,
+    /// Secondary addresses.
+    pub secondary: Vec<Ipv4Addr>,
+    /// Delegated prefixes.
+    pub prefixes: Vec<Prefix28>,
+    /// Tags.
+    pub tags: Tags,
+    /// The attachment, when attached.
+    pub attachment: Option<Attachment>,
+    /// Source/destination check.
+    pub source_dest_check: bool,
+}
+
+impl Eni {
+    /// `in-use` when attached, else `available`.
+    pub fn status(&self) -> &'static str {
+        if self.attachment.is_some() {
+            "in-use"
+        } else {
+            "available"
+        }
+    }
+
+    fn slots_used(&self) -> u32 {
+        1 + self.secondary.len() as u32 + self.prefixes.len() as u32
+    }
+}
+
+impl Model {
+    // ---- ENIs ----------------------------------------------------------------------------
+
+    /// The ENI `id`, or `InvalidNetworkInterfaceID.*`.
+    pub fn eni(&self, id: &str) -> Result<&Eni, ApiError> {
+        check_id(id, "eni-", "InvalidNetworkInterfaceID.Malformed")?;
+        self.enis
+            .get(id)
+            .ok_or_else(|| not_found("InvalidNetworkInterfaceID.NotFound", "networkInterface", id))
+    }
+
+    fn slot_limit(&self, eni: &Eni) -> (u32, Option<&'static InstanceTypeInfo>) {
+        match &eni.attachment {
+            Some(a) => {
+                let t = self.instances[&a.instance].itype;
+                (t.ipv4_per_eni, Some(t))
+            }
+            None => (MAX_ADDRESSES_UNATTACHED, None),
+        }
+    }
+
+    /// CreateNetworkInterface.
+    pub fn create_eni(
+        &mut self,
+        subnet: &str,
+        sgs: Vec<String>,
+        description: String,
+        primary_ip: Option<Ipv4Addr>,
+        req: IpRequest,
+        tags: Tags,
+    ) -> Result<String, ApiError> {
+        let (vpc, az) = {
+            let s = self.subnet(subnet)?;
+            (s.vpc.clone(), s.az.clone())
+        };
+        if 1 + req.slots() > MAX_ADDRESSES_UNATTACHED {
+            return Err(ApiError::client(
+                "PrivateIpAddressLimitExceeded",
+                "Number of private addresses will exceed limit.",
+            ));
+        }
+        let sgs = if sgs.is_empty() {
+            vec![self.vpcs[&vpc].default_sg.clone()]
+        } else {
+            sgs
+        };
+        // Take everything from a copy of the subnet so that a failure leaves nothing taken.
+        let (prefix_res, all_res) = self.reservation_ranges(subnet);
+        let mut space = self.subnets[subnet].space.clone();
+        let primary = match primary_ip {
+            Some(a) => space.take_ip(a)?,
+            None => space.take_ips(1, &all_res)?[0],
+        };
+        let (prefixes, secondary) = take(&mut space, &req, &prefix_res, &all_res)?;
+        self.subnets.get_mut(subnet).expect("checked").space = space;
+        let id = self.next_id("eni-");
+        let mac = self.next_mac();
+        self.enis.insert(
+            id.clone(),
+            Eni {
+                id: id.clone(),
+                subnet: subnet.to_owned(),
+                vpc,
+                az,
+                description,
+                sgs,
+                mac,
+                primary_ip: primary,
+                secondary,
+                prefixes,
+                tags,
+                attachment: None,
+                source_dest_check: true,
+            },
+        );
+        Ok(id)
+    }
+
+    /// AttachNetworkInterface: returns the attachment id.
+    pub fn attach(
+        &mut self,
+        eni: &str,
+        instance: &str,
+        device_index: u32,
+        card_index: u32,
+        now_ms: u64,
+    ) -> Result<String, ApiError> {
+        let e = self.eni(eni)?;
+        let inst = self.instance(instance)?;
+        if !inst.running {
+            return Err(ApiError::client(
+                "IncorrectInstanceState",
+                format!("The instance '{instance}' is not in the 'running' state."),
+            ));
+        }
+        if e.attachment.is_some() {
+            return Err(ApiError::client(
+                "InvalidNetworkInterface.InUse",
+                format!("Interface: [{eni}] in use."),
+            ));
+        }
+        if e.az != inst.az {
+            return Err(ApiError::client(
+                "InvalidParameterCombination",
+                format!(
+                    "The network interface {eni} is in {} and the instance {instance} in {}.",
+                    e.az, inst.az
+                ),
+            ));
+        }
+        let t = inst.itype;
+        if card_index >= t.max_cards {
+            return Err(ApiError::client(
+                "InvalidParameterValue",
+                format!(
+                    "Network card index {card_index} is not valid for {} ({} cards).",
+                    t.name, t.max_cards
+                ),
+            ));
+        }
+        let attached: Vec<&Attachment> = self
+            .enis
+            .values()
+            .filter_map(|x| x.attachment.as_ref())
+            .filter(|a| a.instance == instance)
+            .collect();
+        if let Some(a) = attached
+            .iter()
+            .find(|a| a.device_index == device_index && a.card_index == card_index)
+        {
+            let holder = self
+                .enis
+                .values()
+                .find(|x| x.attachment.as_ref().is_some_and(|y| y.id == a.id))
+                .map(|x| x.id.clone())
+                .unwrap_or_default();
+            return Err(ApiError::client(
+                "InvalidParameterValue",
+                format!(
+                    "Instance '{instance}' already has an interface attached at device index '{device_index}' ({holder})."
+                ),
+            ));
+        }
+        if attached.len() as u32 >= t.max_enis {
+            return Err(ApiError::client(
+                "AttachmentLimitExceeded",
+                format!(
+                    "Interface count {} exceeds the limit for {}",
+                    attached.len() + 1,
+                    t.name
+                ),
+            ));
+        }
+        if e.slots_used() > t.ipv4_per_eni {
+            return Err(ApiError::client(
+                "PrivateIpAddressLimitExceeded",
+                format!(
+                    "Number of private addresses on {eni} ({}) exceeds the limit for {} ({}).",
+                    e.slots_used(),
+                    t.name,
+                    t.ipv4_per_eni
+                ),
+            ));
+        }
+        if !e.prefixes.is_empty() && !t.supports_prefixes() {
+            return Err(xen_refusal(t));
+        }
+        let id = self.next_id("eni-attach-");
+        let ready_at_ms = now_ms + self.attach_delay_ms;
+        self.enis.get_mut(eni).expect("checked").attachment = Some(Attachment {
+            id: id.clone(),
+            instance: instance.to_owned(),
+            device_index,
+            card_index,
+            attached_at_ms: now_ms,
+            ready_at_ms,
+            attach_time: SystemTime::now(),
+            delete_on_termination: false,
+        });
+        Ok(id)
+    }
+
+    fn eni_by_attachment(&self, attachment: &str) -> Result<String, ApiError> {
+        check_id(attachment, "eni-attach-", "InvalidAttachmentID.Malformed")?;
+        self.enis
+            .values()
+            .find(|e| e.attachment.as_ref().is_some_and(|a| a.id == attachment))
+            .map(|e| e.id.clone())
+            .ok_or_else(|| {
+                ApiError::client(
+                    "InvalidAttachmentID.NotFound",
+                    format!("Interface does not have attachment {attachment}"),
+                )
+            })
+    }
+
+    /// DetachNetworkInterface.
+    pub fn detach(&mut self, attachment: &str) -> Result<(), ApiError> {
+        let eni = self.eni_by_attachment(attachment)?;
+        let e = self.enis.get_mut(&eni).expect("found");
+        if e.attachment.as_ref().is_some_and(|a| a.device_index == 0) {
+            return Err(ApiError::client(
+                "OperationNotPermitted",
+                format!("The network interface at device index 0 ({eni}) cannot be detached."),
+            ));
+        }
+        e.attachment = None;
+        Ok(())
+    }
+
+    /// DeleteNetworkInterface.
+    pub fn delete_eni(&mut self, eni: &str) -> Result<(), ApiError> {
+        let e = self.eni(eni)?;
+        if e.attachment.is_some() {
+            return Err(ApiError::client(
+                "InvalidNetworkInterface.InUse",
+                format!("The network interface '{eni}' is currently in use."),
+            ));
+        }
+        let e = self.enis.remove(eni).expect("checked");
+        let s = self
+            .subnets
+            .get_mut(&e.subnet)
+            .expect("an ENI's subnet exists");
+        s.space.put_ip(e.primary_ip);
+        for a in e.secondary {
+            s.space.put_ip(a);
+        }
+        for p in e.prefixes {
+            s.space.put_prefix(p);
+        }
+        Ok(())
+    }
+
+    /// ModifyNetworkInterfaceAttribute with Attachment.*.
+    pub fn set_delete_on_termination(
+        &mut self,
+        eni: &str,
+        attachment: &str,
+        value: bool,
+    ) -> Result<(), ApiError> {
+        self.eni(eni)?;
+        let holder = self.eni_by_attachment(attachment)?;
+        if holder != eni {
+            return Err(ApiError::client(
+                "InvalidAttachmentID.NotFound",
+                format!("Interface {eni} does not have attachment {attachment}"),
+            ));
+        }
+        let a = self
+            .enis
+            .get_mut(eni)
+            .and_then(|e| e.attachment.as_mut())
+            .expect("found above");
+        a.delete_on_termination = value;
+        Ok(())
+    }
+
+    /// ModifyNetworkInterfaceAttribute with Description / SourceDestCheck.
+    pub fn modify_eni(
+        &mut self,
+        eni: &str,
+        description: Option<String>,
+        source_dest_check: Option<bool>,
+    ) -> Result<(), ApiError> {
+        self.eni(eni)?;
+        let e = self.enis.get_mut(eni).expect("checked");
+        if let Some(d) = description {
+            e.description = d;
+        }
+        if let Some(s) = source_dest_check {
+            e.source_dest_check = s;
+        }
+        Ok(())
+    }
+
+    /// AssignPrivateIpAddresses: returns what was assigned.
+    pub fn assign(
+        &mut self,
+        eni: &str,
+        req: IpRequest,
+    ) -> Result<(Vec<Prefix28>, Vec<Ipv4Addr>), ApiError> {
+        let e = self.eni(eni)?;
+        let (limit, itype) = self.slot_limit(e);
+        if req.wants_prefixes()
+            && let Some(t) = itype
+            && !t.supports_prefixes()
+        {
+            return Err(xen_refusal(t));
+        }
+        if e.slots_used() + req.slots() > limit {
+            return Err(ApiError::client(
+                "PrivateIpAddressLimitExceeded",
+                format!(
+                    "Number of private addresses will exceed limit: {eni} has {} of {limit}, {} asked.",
+                    e.slots_used(),
+                    req.slots()
+                ),
+            ));
+        }
+        let subnet = e.subnet.clone();
+        let (prefix_res, all_res) = self.reservation_ranges(&subnet);
+        let mut space = self.subnets[&subnet].space.clone();
+        let (prefixes, ips) = take(&mut space, &req, &prefix_res, &all_res)?;
+        self.subnets.get_mut(&subnet).expect("exists").space = space;
+        let e = self.enis.get_mut(eni).expect("checked");
+        e.prefixes.extend(prefixes.iter().copied());
+        e.secondary.extend(ips.iter().copied());
+        Ok((prefixes, ips))
+    }
+
+    /// UnassignPrivateIpAddresses.
+    pub fn unassign(
+        &mut self,
+        eni: &str,
+        prefixes: &[String],
+        ips: &[Ipv4Addr],
+    ) -> Result<(), ApiError> {
+        let e = self.eni(eni)?;
+        let mut ps = Vec::new();
+        for p in prefixes {
+            let parsed: Option<Prefix28> = p.parse().ok();
+            match parsed.filter(|q| e.prefixes.contains(q)) {
+                Some(q) => ps.push(q),
+                None => {
+                    return Err(ApiError::client(
+                        "InvalidParameterValue",
+                        format!("The prefix {p} is not assigned to interface {eni}."),
+                    ));
+                }
+            }
+        }
+        for a in ips {
+            if *a == e.primary_ip {
+                return Err(ApiError::client(
+                    "InvalidParameterValue",
+                    format!("The primary address {a} of {eni} cannot be unassigned."),
+                ));
+            }
+            if !e.secondary.contains(a) {
+                return Err(ApiError::client(
+                    "InvalidParameterValue",
+                    format!(
+                        "Some of the specified addresses are not assigned to interface {eni}: {a}"
+                    ),
+                ));
+            }
+        }
+        let subnet = e.subnet.clone();
+        let e = self.enis.get_mut(eni).expect("checked");
+        e.prefixes.retain(|p| !ps.contains(p));
+        e.secondary.retain(|a| !ips.contains(a));
+        let s = self.subnets.get_mut(&subnet).expect("exists");
+        for p in ps {
+            s.space.put_prefix(p);
+        }
+        for a in ips {
+            s.space.put_ip(*a);
+        }
+        Ok(())
+    }
+}
+
+fn xen_refusal(t: &InstanceTypeInfo) -> ApiError {
+    ApiError::client(
+        "InvalidParameterValue",
+        format!(
+            "Prefix delegation is not supported for instance type {} (hypervisor {}): it needs a Nitro instance.",
+            t.name, t.hypervisor
+        ),
+    )
+}

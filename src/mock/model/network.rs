@@ -1,0 +1,200 @@
+//! VPCs, subnets (with every address tracked) and subnet CIDR reservations.
+
+use ipnet::Ipv4Net;
+
+use super::{Model, Tags, check_id, not_found};
+use crate::mock::ApiError;
+use crate::mock::addr::{AddressSpace, ReservationKind};
+
+/// A VPC.
+#[derive(Debug, Clone)]
+pub struct Vpc {
+    /// vpc-…
+    pub id: String,
+    /// Its CIDR.
+    pub cidr: Ipv4Net,
+    /// Its default security group.
+    pub default_sg: String,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// A subnet.
+#[derive(Debug, Clone)]
+pub struct Subnet {
+    /// subnet-…
+    pub id: String,
+    /// Its VPC.
+    pub vpc: String,
+    /// Availability zone.
+    pub az: String,
+    /// Every address.
+    pub space: AddressSpace,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// A subnet CIDR reservation.
+#[derive(Debug, Clone)]
+pub struct CidrReservation {
+    /// scr-…
+    pub id: String,
+    /// Its subnet.
+    pub subnet: String,
+    /// The reserved range.
+    pub cidr: Ipv4Net,
+    /// prefix or explicit.
+    pub kind: ReservationKind,
+    /// Free text.
+    pub description: String,
+}
+
+impl Model {
+    // ---- VPCs, subnets, reservations ----------------------------------------------------
+
+    /// CreateVpc.
+    pub fn create_vpc(&mut self, cidr: Ipv4Net, tags: Tags) -> Result<String, ApiError> {
+        if !(16..=28).contains(&cidr.prefix_len()) {
+            return Err(ApiError::client(
+                "InvalidVpc.Range",
+                format!("The CIDR '{cidr}' is invalid: a VPC is a /16 to a /28."),
+            ));
+        }
+        let id = self.next_id("vpc-");
+        let default_sg = self.next_id("sg-");
+        self.vpcs.insert(
+            id.clone(),
+            Vpc {
+                id: id.clone(),
+                cidr: cidr.trunc(),
+                default_sg,
+                tags,
+            },
+        );
+        Ok(id)
+    }
+
+    /// CreateSubnet.
+    pub fn create_subnet(
+        &mut self,
+        vpc: &str,
+        cidr: Ipv4Net,
+        az: Option<String>,
+        tags: Tags,
+    ) -> Result<String, ApiError> {
+        check_id(vpc, "vpc-", "InvalidVpcID.Malformed")?;
+        let v = self
+            .vpcs
+            .get(vpc)
+            .ok_or_else(|| not_found("InvalidVpcID.NotFound", "vpc", vpc))?;
+        if !(16..=28).contains(&cidr.prefix_len()) || !v.cidr.contains(&cidr) {
+            return Err(ApiError::client(
+                "InvalidSubnet.Range",
+                format!("The CIDR '{cidr}' is invalid for VPC {vpc} ({}).", v.cidr),
+            ));
+        }
+        if let Some(other) = self.subnets.values().find(|s| {
+            s.vpc == vpc && (s.space.net().contains(&cidr) || cidr.contains(&s.space.net()))
+        }) {
+            return Err(ApiError::client(
+                "InvalidSubnet.Conflict",
+                format!(
+                    "The CIDR '{cidr}' conflicts with subnet {} ({}).",
+                    other.id,
+                    other.space.net()
+                ),
+            ));
+        }
+        let id = self.next_id("subnet-");
+        let az = az.unwrap_or_else(|| format!("{}a", self.region));
+        self.subnets.insert(
+            id.clone(),
+            Subnet {
+                id: id.clone(),
+                vpc: vpc.to_owned(),
+                az,
+                space: AddressSpace::new(cidr.trunc()),
+                tags,
+            },
+        );
+        Ok(id)
+    }
+
+    pub(super) fn subnet(&self, id: &str) -> Result<&Subnet, ApiError> {
+        check_id(id, "subnet-", "InvalidSubnetID.Malformed")?;
+        self.subnets
+            .get(id)
+            .ok_or_else(|| not_found("InvalidSubnetID.NotFound", "subnet", id))
+    }
+
+    /// CreateSubnetCidrReservation.
+    pub fn create_reservation(
+        &mut self,
+        subnet: &str,
+        cidr: Ipv4Net,
+        kind: ReservationKind,
+        description: String,
+    ) -> Result<String, ApiError> {
+        let s = self.subnet(subnet)?;
+        if !s.space.contains_net(&cidr) {
+            return Err(ApiError::client(
+                "InvalidParameterValue",
+                format!(
+                    "The CIDR {cidr} is not within subnet {subnet} ({}).",
+                    s.space.net()
+                ),
+            ));
+        }
+        if self
+            .reservations
+            .values()
+            .any(|r| r.subnet == subnet && (r.cidr.contains(&cidr) || cidr.contains(&r.cidr)))
+        {
+            return Err(ApiError::client(
+                "InvalidSubnetCidrReservation.Conflict",
+                format!("The CIDR {cidr} overlaps an existing reservation in {subnet}."),
+            ));
+        }
+        let id = self.next_id("scr-");
+        self.reservations.insert(
+            id.clone(),
+            CidrReservation {
+                id: id.clone(),
+                subnet: subnet.to_owned(),
+                cidr: cidr.trunc(),
+                kind,
+                description,
+            },
+        );
+        Ok(id)
+    }
+
+    /// DeleteSubnetCidrReservation.
+    pub fn delete_reservation(&mut self, id: &str) -> Result<CidrReservation, ApiError> {
+        self.reservations.remove(id).ok_or_else(|| {
+            ApiError::client(
+                "InvalidSubnetCidrReservationID.NotFound",
+                format!("The subnet CIDR reservation ID '{id}' does not exist"),
+            )
+        })
+    }
+
+    pub(super) fn reservation_ranges(&self, subnet: &str) -> (Vec<Ipv4Net>, Vec<Ipv4Net>) {
+        let mut prefix = Vec::new();
+        let mut all = Vec::new();
+        for r in self.reservations.values().filter(|r| r.subnet == subnet) {
+            if r.kind == ReservationKind::Prefix {
+                prefix.push(r.cidr);
+            }
+            all.push(r.cidr);
+        }
+        (prefix, all)
+    }
+
+    /// Scatters used addresses over a subnet so no aligned /28 stays free.
+    pub fn fragment_subnet(&mut self, subnet: &str) -> Result<usize, ApiError> {
+        self.subnet(subnet)?;
+        let s = self.subnets.get_mut(subnet).expect("checked");
+        Ok(s.space.fragment().len())
+    }
+}
