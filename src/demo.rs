@@ -117,6 +117,8 @@ fn settings(instance: &str, dir: &std::path::Path) -> Result<AgentConfig, Config
     );
     v.set(config::INTROSPECTION_BIND_ADDRESS.var, "127.0.0.1:0");
     v.set(config::METRICS_BIND_ADDRESS.var, "127.0.0.1:0");
+    // The demo's instance is the mock's: this machine's own network is never touched.
+    v.set(crate::hostnet::config::ENABLE_HOST_NETWORKING.var, "false");
     AgentConfig::from_lookup(&v)
 }
 
@@ -312,7 +314,14 @@ fn churn(
         if live.len() > target || churn_now {
             let i = (rng.next_u64() % live.len() as u64) as usize;
             let key = live.swap_remove(i);
-            ipc::call(socket, Op::Del { key: key.clone() }, Duration::from_secs(5))?;
+            ipc::call(
+                socket,
+                Op::Del {
+                    key: key.clone(),
+                    unlink: None,
+                },
+                Duration::from_secs(5),
+            )?;
             holder.retain(|_, k| *k != key);
             r.dels += 1;
         }

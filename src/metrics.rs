@@ -30,6 +30,12 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabel {
+    object: String,
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabel {
     decision: String,
 }
@@ -62,6 +68,9 @@ pub struct Metrics {
     checkpoint_latency: Histogram,
     dropped_allocations: Counter,
     leaked_enis_deleted: Counter,
+    host_repairs: Family<RepairLabel, Counter>,
+    host_errors: Counter,
+    missing_links: Gauge,
 }
 
 impl Default for Metrics {
@@ -89,6 +98,9 @@ impl Metrics {
             checkpoint_latency: latency_histogram(),
             dropped_allocations: Counter::default(),
             leaked_enis_deleted: Counter::default(),
+            host_repairs: Family::default(),
+            host_errors: Counter::default(),
+            missing_links: Gauge::default(),
             registry: Registry::default(),
         };
         register!(registry;
@@ -106,6 +118,9 @@ impl Metrics {
             "checkpoint_write_seconds" => m.checkpoint_latency, "Checkpoint write latency (write, fsync, rename)";
             "dropped_allocations" => m.dropped_allocations, "Allocations dropped because their address left every attached prefix";
             "leaked_enis_deleted" => m.leaked_enis_deleted, "Leaked available ENIs deleted by the sweep";
+            "host_repairs" => m.host_repairs, "Node data-plane objects (rule, route, nft, link) found missing and restored, or stale and removed";
+            "host_errors" => m.host_errors, "Attempts to program the node's data plane that failed (retried)";
+            "eni_links_missing" => m.missing_links, "Attached ENIs whose link has not appeared after the wait (their addresses are not handed out)";
         );
         Self { registry, ..m }
     }
@@ -182,5 +197,25 @@ impl Metrics {
     /// Leaked ENIs deleted.
     pub fn leaked_deleted(&self, n: u64) {
         self.leaked_enis_deleted.inc_by(n);
+    }
+
+    /// One repair of the node's data plane.
+    pub fn host_repair(&self, object: &str, action: &str) {
+        self.host_repairs
+            .get_or_create(&RepairLabel {
+                object: object.into(),
+                action: action.into(),
+            })
+            .inc();
+    }
+
+    /// One failed attempt to program the node.
+    pub fn host_error(&self) {
+        self.host_errors.inc();
+    }
+
+    /// ENIs whose link is late.
+    pub fn missing_links(&self, n: usize) {
+        self.missing_links.set(n as i64);
     }
 }

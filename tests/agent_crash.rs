@@ -81,6 +81,7 @@ fn start_agent(endpoint: &str, node: &str, dir: &Path, intro: SocketAddr) -> Pro
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("ENABLE_HOST_NETWORKING", "false")
         .env("CHECKPOINT_PATH", dir.join("checkpoint.json"))
         .env("SOCKET_PATH", dir.join("agent.sock"))
         .env("INTROSPECTION_BIND_ADDRESS", intro.to_string())
@@ -130,7 +131,10 @@ fn storm(socket: PathBuf, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>, see
             continue;
         }
         let op = if holds {
-            Op::Del { key: key(k) }
+            Op::Del {
+                key: key(k),
+                unlink: None,
+            }
         } else {
             Op::Add {
                 key: key(k),
@@ -343,6 +347,7 @@ fn discovers_the_node_through_imds() {
         .env("AWS_ENDPOINT_URL", &endpoint)
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint)
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("ENABLE_HOST_NETWORKING", "false")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("CHECKPOINT_PATH", dir.path().join("checkpoint.json"))

@@ -38,6 +38,16 @@ fn help_lists_every_env_var_with_its_default() {
         "INTROSPECTION_BIND_ADDRESS",
         "METRICS_BIND_ADDRESS",
         "INSTANCE_ID",
+        "ENABLE_HOST_NETWORKING",
+        "AWS_VPC_ENI_MTU",
+        "POD_MTU",
+        "AWS_VPC_K8S_CNI_VETHPREFIX",
+        "AWS_VPC_K8S_CNI_EXTERNALSNAT",
+        "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+        "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
+        "AWS_VPC_K8S_CNI_CONNMARK",
+        "AWS_VPC_CNI_NODE_PORT_SUPPORT",
+        "AWS_EXTERNAL_SERVICE_CIDRS",
     ] {
         assert!(top.contains(var), "prefixd --help lacks {var}");
         assert!(
@@ -60,6 +70,9 @@ fn bad_settings_stop_the_agent_naming_the_variable() {
         ("POD_SUBNET_IDS", "subnet-1,vpc-2"),
         ("SECONDARY_IP_FALLBACK", "maybe"),
         ("INSTANCE_ID", "x-123"),
+        ("AWS_VPC_ENI_MTU", "65536"),
+        ("AWS_VPC_K8S_CNI_VETHPREFIX", "calico"),
+        ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "10.0.0.0/8,nonsense"),
     ] {
         let out = prefixd(&["agent"], &[(var, val)]);
         let err = String::from_utf8_lossy(&out.stderr);

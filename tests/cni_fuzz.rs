@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use prefixd::cni::host::AgentOnly;
 use prefixd::cni::run;
 use prefixd::ipc::{ClientError, Op, Reply};
 use proptest::prelude::*;
@@ -66,7 +67,7 @@ proptest! {
     #[test]
     fn parsing_never_panics_and_errors_are_cni_json(env in env_strategy(), stdin in stdin_strategy()) {
         let lookup = |k: &str| env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let out = run(&lookup, &stdin, &transport);
+        let out = run(&lookup, &stdin, &AgentOnly(transport));
         if out.exit == 0 {
             if !out.stdout.is_empty() {
                 let v: Value = serde_json::from_str(&out.stdout).expect("a result is JSON");

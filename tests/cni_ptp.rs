@@ -1,6 +1,6 @@
 //! prefixd-cni under software written by others: Debian's containernetworking-plugins `ptp`
-//! runs it as its IPAM plugin, in network namespaces this test creates, against a running agent
-//! on the mock EC2. Needs root and /usr/lib/cni/ptp (`scripts/test-all` installs the package);
+//! runs it as its IPAM plugin, from a node namespace and into pod namespaces this test creates,
+//! against a running agent on the mock EC2 (its data plane off: the IPAM role). Needs root and /usr/lib/cni/ptp (`scripts/test-all` installs the package);
 //! without them it fails and says why, never skips.
 
 mod common;
@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use common::node::ScratchNs;
 use common::{start_agent, start_mock};
 use serde_json::{Value, json};
 
@@ -41,37 +42,21 @@ fn preconditions() {
     );
 }
 
-/// A network namespace, deleted on drop.
-struct Netns(String);
+/// A pod's network namespace of this test's, deleted on drop.
+struct Netns(ScratchNs);
 impl Netns {
     fn new(tag: &str) -> Self {
-        let name = format!("pfxd-{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let o = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Self(name)
+        Self(ScratchNs::new(&format!("ptp_{tag}")))
     }
     fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
+        format!("/run/netns/{}", self.0.name)
     }
     fn addrs(&self) -> String {
         let o = Command::new("ip")
-            .args(["-n", &self.0, "-4", "addr", "show"])
+            .args(["-n", &self.0.name, "-4", "addr", "show"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
 
@@ -85,7 +70,11 @@ fn cni_path(dir: &Path) -> String {
     format!("{}:/usr/lib/cni", bin.display())
 }
 
+/// Runs a plugin as a runtime on the node would: from the node's namespace (a scratch one of
+/// this test's: ptp puts the host ends of its veths and their routes there, never on this
+/// machine's own).
 fn exec(
+    node: &ScratchNs,
     plugin: &str,
     cmd: &str,
     conf: &Value,
@@ -109,15 +98,20 @@ fn exec(
     if let Some(n) = netns {
         c.env("CNI_NETNS", n.path());
     }
-    let mut child = c.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
+    let conf = conf.to_string();
+    node.ns
+        .run(move || {
+            let mut child = c.spawn().unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(conf.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        })
         .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn ok_json(o: &Output, what: &str) -> Value {
@@ -148,6 +142,7 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     let node = mock.id("node").unwrap().to_owned();
     let a = start_agent(&mock, &node, &[("IP_COOLDOWN_PERIOD", "1s")]).await;
     let work = tempfile::tempdir().unwrap();
+    let node_ns = ScratchNs::new("ptp_node");
     let path = cni_path(work.path());
     let conf = json!({
         "cniVersion": "1.0.0",
@@ -159,11 +154,11 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     // The plugin calls block this worker; the agent runs on the other one and its pool thread.
     let (ns1, ns2) = (Netns::new("a"), Netns::new("b"));
     let r1 = ok_json(
-        &exec(PTP, "ADD", &conf, "pod-a", Some(&ns1), &path),
+        &exec(&node_ns, PTP, "ADD", &conf, "pod-a", Some(&ns1), &path),
         "ptp ADD pod-a",
     );
     let r2 = ok_json(
-        &exec(PTP, "ADD", &conf, "pod-b", Some(&ns2), &path),
+        &exec(&node_ns, PTP, "ADD", &conf, "pod-b", Some(&ns2), &path),
         "ptp ADD pod-b",
     );
     let (addrs1, addrs2) = (ns1.addrs(), ns2.addrs());
@@ -211,12 +206,12 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     // CHECK through ptp, with the ADD result as prevResult.
     let mut check = conf.clone();
     check["prevResult"] = r1.clone();
-    let o = exec(PTP, "CHECK", &check, "pod-a", Some(&ns1), &path);
+    let o = exec(&node_ns, PTP, "CHECK", &check, "pod-a", Some(&ns1), &path);
     ok_json(&o, "ptp CHECK pod-a");
 
     // DEL: the address leaves the namespace and the agent frees it; DEL again succeeds.
     ok_json(
-        &exec(PTP, "DEL", &conf, "pod-a", Some(&ns1), &path),
+        &exec(&node_ns, PTP, "DEL", &conf, "pod-a", Some(&ns1), &path),
         "ptp DEL pod-a",
     );
     assert!(
@@ -229,12 +224,13 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
         None
     );
     ok_json(
-        &exec(PTP, "DEL", &conf, "pod-a", Some(&ns1), &path),
+        &exec(&node_ns, PTP, "DEL", &conf, "pod-a", Some(&ns1), &path),
         "second DEL pod-a",
     );
     // CHECK of the released attachment is an error (the plugin alone: ptp would stop at the
     // missing interface first).
     let o = exec(
+        &node_ns,
         env!("CARGO_BIN_EXE_prefixd-cni"),
         "CHECK",
         &conf,
@@ -255,6 +251,7 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     let ns3 = Netns::new("c");
     let r3 = ok_json(
         &exec(
+            &node_ns,
             env!("CARGO_BIN_EXE_prefixd-cni"),
             "ADD",
             &conf11,
@@ -269,6 +266,7 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     gc["cni.dev/valid-attachments"] = json!([{ "containerID": "pod-b", "ifname": "eth0" }]);
     ok_json(
         &exec(
+            &node_ns,
             env!("CARGO_BIN_EXE_prefixd-cni"),
             "GC",
             &gc,
@@ -292,6 +290,7 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     // STATUS: fine while the agent runs, error 50 once it is gone.
     ok_json(
         &exec(
+            &node_ns,
             env!("CARGO_BIN_EXE_prefixd-cni"),
             "STATUS",
             &conf11,
@@ -302,11 +301,12 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
         "STATUS",
     );
     ok_json(
-        &exec(PTP, "DEL", &conf, "pod-b", Some(&ns2), &path),
+        &exec(&node_ns, PTP, "DEL", &conf, "pod-b", Some(&ns2), &path),
         "ptp DEL pod-b",
     );
     a.agent.shutdown().await.unwrap();
     let o = exec(
+        &node_ns,
         env!("CARGO_BIN_EXE_prefixd-cni"),
         "STATUS",
         &conf11,
@@ -319,6 +319,7 @@ async fn ptp_with_prefixd_cni_in_real_network_namespaces() {
     assert_eq!(e["code"], 50, "{e}");
     // ADD with the agent gone: try again later.
     let o = exec(
+        &node_ns,
         env!("CARGO_BIN_EXE_prefixd-cni"),
         "ADD",
         &conf,

@@ -159,3 +159,25 @@ fn the_node_image_is_built_without_the_test_bench() {
     let test_all = std::fs::read_to_string("scripts/test-all").unwrap();
     assert!(test_all.contains("cargo check --locked --bins --no-default-features"));
 }
+
+#[test]
+fn the_daemonset_grants_exactly_what_the_data_plane_needs() {
+    let ds = std::fs::read_to_string("deploy/base/daemonset.yaml").unwrap();
+    // The agent: NET_ADMIN over nothing (links, routes, rules, its nftables table).
+    assert!(
+        ds.contains("drop: [\"ALL\"]\n              add: [\"NET_ADMIN\"]"),
+        "{ds}"
+    );
+    // The sysctls: set once by the init container, the only privileged one.
+    assert!(ds.contains("\"install-cni\", \"--node-sysctls\""), "{ds}");
+    assert_eq!(ds.matches("privileged: true").count(), 1, "{ds}");
+    // The agent applies its table with nft: the image has it.
+    let dockerfile = std::fs::read_to_string("deploy/Dockerfile").unwrap();
+    assert!(dockerfile.contains("install -y --no-install-recommends nftables"));
+    // And the conflist makes prefixd-cni the main plugin, portmap after it.
+    let list: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("deploy/10-prefixd.conflist").unwrap())
+            .unwrap();
+    assert_eq!(list["plugins"][0]["type"], "prefixd-cni");
+    assert_eq!(list["plugins"][1]["type"], "portmap");
+}

@@ -176,17 +176,23 @@ async fn agent_in_secondary_ip_mode_end_to_end() {
             .unwrap_or(false)
     })
     .await;
-    let left = ec2
-        .describe_network_interfaces()
-        .filters(Filter::builder().name("subnet-id").values(&subnet).build())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        left.network_interfaces().len(),
-        1,
-        "the ENI was deleted, not left available"
-    );
+    // Detached first, deleted after: the ENI is briefly "available" between the two calls, so
+    // the deletion is awaited too (an ENI left available would keep this count at 2).
+    let ec2c = ec2.clone();
+    let sub = subnet.clone();
+    eventually(
+        30,
+        "the released ENI deleted, not left available",
+        async || {
+            ec2c.describe_network_interfaces()
+                .filters(Filter::builder().name("subnet-id").values(&sub).build())
+                .send()
+                .await
+                .map(|r| r.network_interfaces().len() == 1)
+                .unwrap_or(false)
+        },
+    )
+    .await;
     a.agent.shutdown().await.unwrap();
 }
 

@@ -1,5 +1,7 @@
+#![allow(dead_code)]
 //! What the measurement examples share: the release `prefixd` agent started as its own process
-//! against a mock EC2 endpoint, waited for until ready.
+//! against a mock EC2 endpoint (on loopback, or inside an emulated instance's namespace),
+//! waited for until ready.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -58,11 +60,49 @@ pub async fn start_agent(endpoint: &str, node: &str, dir: &Path, extra: &[(&str,
         .env("INTROSPECTION_BIND_ADDRESS", intro.to_string())
         .env("METRICS_BIND_ADDRESS", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
+        // On this machine's own namespace: its network is never touched.
+        .env("ENABLE_HOST_NETWORKING", "false")
         .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     while !ready(intro) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+/// Starts `prefixd agent` inside `netns`, an emulated instance's namespace: it finds itself
+/// through that instance's IMDS, reaches EC2 at `endpoint` (the mock's, inside the namespace)
+/// and programs the namespace as its node. Returns once /readyz answers 200.
+pub async fn start_node_agent(
+    netns: &str,
+    endpoint: &str,
+    dir: &Path,
+    extra: &[(&str, &str)],
+) -> Child {
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg(release_bin("prefixd"))
+        .arg("agent")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", "us-west-2")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("CHECKPOINT_PATH", dir.join("checkpoint.json"))
+        .env("SOCKET_PATH", dir.join("agent.sock"))
+        .env("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679")
+        .env("METRICS_BIND_ADDRESS", "127.0.0.1:61678")
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ns = prefixd::hostnet::netns::NetNs::named(netns).unwrap();
+    while !ns
+        .run(|| ready("127.0.0.1:61679".parse().unwrap()))
+        .unwrap()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child

@@ -13,6 +13,7 @@ use crate::core::config::PoolConfig;
 use crate::core::settings::{ConfigError, Setting, Values, ser_duration};
 use crate::core::{InstanceId, SubnetId};
 use crate::ec2::limiter::{self, LimiterConfig};
+use crate::hostnet::config::HostConfig;
 
 /// INSTANCE_ID.
 pub const INSTANCE_ID: Setting = Setting::optional(
@@ -136,7 +137,12 @@ pub const SETTINGS: &[Setting] = &[
 ];
 
 /// Every table `prefixd agent` reads, in the order `--help` lists them.
-pub const TABLES: &[&[Setting]] = &[crate::core::config::SETTINGS, SETTINGS, limiter::SETTINGS];
+pub const TABLES: &[&[Setting]] = &[
+    crate::core::config::SETTINGS,
+    SETTINGS,
+    crate::hostnet::config::SETTINGS,
+    limiter::SETTINGS,
+];
 
 /// Validated agent settings.
 #[derive(Debug, Clone, Serialize)]
@@ -145,6 +151,8 @@ pub struct AgentConfig {
     pub pool: PoolConfig,
     /// EC2_API_QPS, EC2_API_BURST.
     pub limiter: LimiterConfig,
+    /// The node's data plane: ENABLE_HOST_NETWORKING, MTUs, SNAT...
+    pub host: HostConfig,
     /// INSTANCE_ID.
     pub instance_id: Option<InstanceId>,
     /// MAX_PODS.
@@ -198,6 +206,7 @@ impl AgentConfig {
         Ok(Self {
             pool: PoolConfig::from_lookup(v)?,
             limiter: LimiterConfig::from_lookup(v)?,
+            host: HostConfig::from_lookup(v)?,
             instance_id: v.optional(&INSTANCE_ID, "an instance id, i- and hex")?,
             max_pods,
             pod_subnet_ids: v.list(&POD_SUBNET_IDS, "subnet ids, subnet- and hex")?,

@@ -6,13 +6,15 @@
 //! socket, drain requests in flight, stop the loop, write the checkpoint.
 //!
 //! The parts: [`config`] (settings), [`pool`] (the one owner of pool state), [`reconcile`] (the
-//! loop), [`server`] (the plugin socket), [`http`] (introspection and metrics), [`status`].
+//! loop), `netplane` (the loop's handle on the node's data plane), [`server`] (the plugin
+//! socket), [`http`] (introspection and metrics), [`status`].
 //! The builder is the only way in: the simulator asks it for an in-memory pool run inline on
 //! virtual time and no endpoints; the agent binary for the threaded pool, the checkpoint file,
 //! the socket and HTTP.
 
 pub mod config;
 pub mod http;
+mod netplane;
 pub mod pool;
 pub mod reconcile;
 pub mod server;
@@ -57,6 +59,11 @@ pub enum AgentError {
     /// The settings cannot work on this node.
     #[error("{0}")]
     Unsupported(String),
+    /// The node's data plane cannot be reached (no netlink socket: not privileged?).
+    #[error(
+        "cannot program the node's network: {0}; the agent needs CAP_NET_ADMIN, or set ENABLE_HOST_NETWORKING=false"
+    )]
+    Host(#[from] crate::hostnet::node::HostError),
     /// A listener could not be bound.
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
@@ -164,6 +171,7 @@ pub async fn discover<E: Ec2>(
         instance: instance.clone(),
         instance_type: info.instance_type,
         subnet: info.subnet,
+        vpc: info.vpc,
         security_groups: info.security_groups,
         primary_eni: info.primary_eni,
         limits: Limits {
@@ -291,6 +299,10 @@ impl<E: Ec2> AgentBuilder<E> {
                 pool::start_inline(cfg.pool.cooldown, clock, wake.clone(), metrics.clone())
             }
         };
+        if serve {
+            // DELs that found the agent away: their pods' wiring is gone already.
+            server::release_recorded(&pool, &crate::ipc::pending::dir_of(&cfg.socket_path)).await;
+        }
         let node = discover(&ec2, &cfg, &instance).await?;
         let status = Arc::new(Status::default());
         let (stop_tx, own_stop) = watch::channel(false);
@@ -313,14 +325,33 @@ impl<E: Ec2> AgentBuilder<E> {
             status: status.clone(),
             metrics: metrics.clone(),
         };
-        let looper = Looper::new(ctx, wake, resynced_tx);
-        tasks.push(tokio::spawn(looper.run(stop_rx.clone())));
-        let socket = serve.then(|| {
-            tokio::spawn(server::run(
-                cfg.socket_path.clone(),
-                pool.clone(),
+        // The node's data plane is the serving agent's: the simulator's nodes have none.
+        let net = if serve && cfg.host.enabled {
+            Some(netplane::NetPlane::open(
+                cfg.host.clone(),
                 status.clone(),
                 metrics.clone(),
+            )?)
+        } else {
+            None
+        };
+        let looper = Looper::new(ctx, wake, resynced_tx, net);
+        tasks.push(tokio::spawn(looper.run(stop_rx.clone())));
+        let socket = serve.then(|| {
+            let served = Arc::new(server::Served {
+                pool: pool.clone(),
+                status: status.clone(),
+                metrics: metrics.clone(),
+                pods: server::PodDefaults {
+                    mtu: cfg.host.pod_mtu,
+                    veth_prefix: cfg.host.veth_prefix.clone(),
+                },
+                pending: crate::ipc::pending::dir_of(&cfg.socket_path),
+                host: cfg.host.enabled,
+            });
+            tokio::spawn(server::run(
+                cfg.socket_path.clone(),
+                served,
                 resynced.clone(),
                 stop_rx,
             ))

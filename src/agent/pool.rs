@@ -51,7 +51,7 @@ enum Cmd {
         pod: PodInfo,
         deadline: Instant,
         timeout: Duration,
-        reply: oneshot::Sender<Result<Ipv4Addr, PoolError>>,
+        reply: oneshot::Sender<Result<Leased, PoolError>>,
     },
     Release {
         key: PodKey,
@@ -60,11 +60,11 @@ enum Cmd {
     Gc {
         network: String,
         keep: HashSet<PodKey>,
-        reply: oneshot::Sender<Result<u32, PoolError>>,
+        reply: oneshot::Sender<Result<Collected, PoolError>>,
     },
     Check {
         key: PodKey,
-        reply: oneshot::Sender<Option<Ipv4Addr>>,
+        reply: oneshot::Sender<Option<Leased>>,
     },
     Apply {
         changes: Vec<Change>,
@@ -139,7 +139,38 @@ struct Waiter {
     pod: PodInfo,
     deadline: Instant,
     timeout: Duration,
-    reply: oneshot::Sender<Result<Ipv4Addr, PoolError>>,
+    reply: oneshot::Sender<Result<Leased, PoolError>>,
+}
+
+/// An address handed out, and the routing table of the ENI that carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leased {
+    /// The address.
+    pub address: Ipv4Addr,
+    /// The ENI's routing table (main for the primary ENI).
+    pub table: u32,
+}
+
+/// What a GC did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    /// Allocations released.
+    pub released: u32,
+    /// Every address still allocated.
+    pub kept: Vec<Ipv4Addr>,
+}
+
+/// The lease of `addr` in `ds`: its ENI's table.
+fn leased(ds: &Datastore, addr: Ipv4Addr) -> Leased {
+    let table = ds
+        .eni_of(addr)
+        .map_or(crate::hostnet::netlink::TABLE_MAIN, |(_, e)| {
+            crate::hostnet::config::table_of(e.primary, e.device_index, 0)
+        });
+    Leased {
+        address: addr,
+        table,
+    }
 }
 
 /// Opens the checkpoint and starts the owner thread. `wake` is notified whenever an ADD starts
@@ -223,7 +254,7 @@ impl PoolHandle {
         key: PodKey,
         pod: PodInfo,
         timeout: Duration,
-    ) -> Result<Ipv4Addr, PoolError> {
+    ) -> Result<Leased, PoolError> {
         let deadline = Instant::now() + timeout;
         self.ask(|reply| Cmd::Allocate {
             key,
@@ -240,8 +271,8 @@ impl PoolHandle {
         self.ask(|reply| Cmd::Release { key, reply }).await?
     }
 
-    /// Releases every allocation of `network` not in `keep`; returns how many.
-    pub async fn gc(&self, network: String, keep: HashSet<PodKey>) -> Result<u32, PoolError> {
+    /// Releases every allocation of `network` not in `keep`; returns how many, and what is left.
+    pub async fn gc(&self, network: String, keep: HashSet<PodKey>) -> Result<Collected, PoolError> {
         self.ask(|reply| Cmd::Gc {
             network,
             keep,
@@ -251,7 +282,7 @@ impl PoolHandle {
     }
 
     /// The address `key` holds.
-    pub async fn check(&self, key: PodKey) -> Result<Option<Ipv4Addr>, PoolError> {
+    pub async fn check(&self, key: PodKey) -> Result<Option<Leased>, PoolError> {
         self.ask(|reply| Cmd::Check { key, reply }).await
     }
 
@@ -426,7 +457,7 @@ impl Owner {
                 match route {
                     Route::Allocate(w) => match r {
                         Ok(Outcome::Allocated(a)) => {
-                            let _ = w.reply.send(Ok(a.address));
+                            let _ = w.reply.send(Ok(leased(self.store.datastore(), a.address)));
                         }
                         Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
                             tracing::debug!(pod.key = %w.key, "no free address: waiting for the pool to grow");
@@ -457,11 +488,22 @@ impl Owner {
                 }
             }
         }
-        for (reply, n) in gcs {
-            let _ = reply.send(match &gc_failed {
-                Some(e) => Err(e.clone().into()),
-                None => Ok(n),
-            });
+        if !gcs.is_empty() {
+            let kept: Vec<Ipv4Addr> = self
+                .store
+                .datastore()
+                .allocations()
+                .map(|(_, a)| a.address)
+                .collect();
+            for (reply, n) in gcs {
+                let _ = reply.send(match &gc_failed {
+                    Some(e) => Err(e.clone().into()),
+                    None => Ok(Collected {
+                        released: n,
+                        kept: kept.clone(),
+                    }),
+                });
+            }
         }
         for (reply, results) in applies {
             let _ = reply.send(results);
@@ -513,7 +555,7 @@ impl Owner {
         for (w, r) in live.into_iter().zip(results) {
             match r {
                 Ok(Outcome::Allocated(a)) => {
-                    let _ = w.reply.send(Ok(a.address));
+                    let _ = w.reply.send(Ok(leased(self.store.datastore(), a.address)));
                 }
                 Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
                     self.waiters.push_back(w)
@@ -529,7 +571,8 @@ impl Owner {
     fn answer(&mut self, q: Cmd) {
         match q {
             Cmd::Check { key, reply } => {
-                let _ = reply.send(self.store.datastore().get(&key).map(|a| a.address));
+                let ds = self.store.datastore();
+                let _ = reply.send(ds.get(&key).map(|a| leased(ds, a.address)));
             }
             Cmd::Snapshot { limits, reply } => {
                 self.store.expire(self.clock.now());

@@ -12,10 +12,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::pool::{PoolError, PoolHandle};
+use super::pool::{Leased, PoolError, PoolHandle};
 use super::status::Status;
 use crate::core::PodInfo;
-use crate::ipc::{ErrorKind, MAX_MESSAGE, Op, PROTOCOL_VERSION, Reply, Request};
+use crate::ipc::{
+    ErrorKind, HostEnd, MAX_MESSAGE, Op, PROTOCOL_VERSION, PodNet, Reply, Request, pending,
+};
 use crate::metrics::Metrics;
 
 /// Longest a client may take to send its request.
@@ -23,13 +25,64 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest ADD wait the agent accepts from a client.
 const MAX_ADD_WAIT: Duration = Duration::from_secs(300);
 
+/// What every request needs: the pool, the status, the metrics, and how pods are wired.
+pub struct Served {
+    /// The pool.
+    pub pool: PoolHandle,
+    /// Readiness.
+    pub status: Arc<Status>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// POD_MTU and the veth prefix, for ADD and CHECK answers.
+    pub pods: PodDefaults,
+    /// Where DELs that could not reach the agent left their releases ([`pending`]).
+    pub pending: PathBuf,
+    /// Whether the agent programs the node (and so deletes pods' host ends for DEL).
+    pub host: bool,
+}
+
+/// The node's settings the plugin wires pods with.
+#[derive(Debug, Clone)]
+pub struct PodDefaults {
+    /// POD_MTU.
+    pub mtu: u32,
+    /// AWS_VPC_K8S_CNI_VETHPREFIX.
+    pub veth_prefix: String,
+}
+
+impl Served {
+    /// Deletes a DEL's host end on a blocking thread, while the answer goes back: the plugin
+    /// need not wait for the veth's RCU grace period. Only a veth named with the node's prefix,
+    /// and only while it is still the link the plugin saw. `Some(true)` when taken.
+    fn unlink_later(&self, end: HostEnd) -> Option<bool> {
+        if !self.host || !end.name.starts_with(&self.pods.veth_prefix) {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || {
+            let r = crate::hostnet::netlink::Netlink::open()
+                .map_err(crate::hostnet::pod::PodError::from)
+                .and_then(|mut nl| crate::hostnet::pod::unlink(&mut nl, &end.name, end.index));
+            if let Err(e) = r {
+                tracing::warn!(link = %end.name, error = %e, "could not delete a pod's host end; CNI GC will");
+            }
+        });
+        Some(true)
+    }
+
+    fn pod_net(&self, l: Leased) -> PodNet {
+        PodNet {
+            table: l.table,
+            mtu: self.pods.mtu,
+            veth_prefix: self.pods.veth_prefix.clone(),
+        }
+    }
+}
+
 /// The socket's life: it opens only after the first resync (until then the datastore may hold
 /// prefixes EC2 has taken back), serves until `stop`, drains, and removes the file.
 pub(super) async fn run(
     path: PathBuf,
-    pool: PoolHandle,
-    status: Arc<Status>,
-    metrics: Arc<Metrics>,
+    served: Arc<Served>,
     mut resynced: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -39,10 +92,13 @@ pub(super) async fn run(
     }
     match bind(&path) {
         Ok(l) => {
-            status.update(|s| s.socket_up = true);
+            // Releases recorded while the agent was away go first: their addresses are free
+            // before any ADD is answered.
+            release_pending(&served).await;
+            served.status.update(|s| s.socket_up = true);
             tracing::info!(socket = %path.display(), "serving the plugin socket");
-            serve(l, pool, status.clone(), metrics, stop).await;
-            status.update(|s| s.socket_up = false);
+            serve(l, served.clone(), stop).await;
+            served.status.update(|s| s.socket_up = false);
             let _ = std::fs::remove_file(&path);
         }
         Err(e) => {
@@ -66,22 +122,50 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
+/// How often the pending releases are looked at while serving (a DEL that raced the agent's
+/// restart).
+const PENDING_EVERY: Duration = Duration::from_secs(2);
+
+/// Releases what DELs recorded while they could not reach the agent, and removes each record
+/// once its release is durable. A record that cannot be read is named and left alone.
+async fn release_pending(served: &Served) {
+    release_recorded(&served.pool, &served.pending).await;
+}
+
+/// [`release_pending`] for `pool` and `dir`: also run at start, before the first resync puts
+/// the node's rules back for what is already gone.
+pub(super) async fn release_recorded(pool: &PoolHandle, dir: &Path) {
+    for (path, key) in pending::list(dir) {
+        match key {
+            Ok(key) => match pool.release(key.clone()).await {
+                Ok(a) => {
+                    tracing::info!(pod.key = %key, address = ?a, "released an address a DEL recorded while the agent was away");
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => {
+                    tracing::warn!(pod.key = %key, error = %e, "could not release a recorded DEL; retrying")
+                }
+            },
+            Err(why) => {
+                tracing::error!(file = %path.display(), why, "a recorded DEL cannot be read; remove the file once its address is dealt with")
+            }
+        }
+    }
+}
+
 /// Serves until `stop` turns true, then waits for the requests in flight.
-pub async fn serve(
-    listener: UnixListener,
-    pool: PoolHandle,
-    status: Arc<Status>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: UnixListener, served: Arc<Served>, mut stop: watch::Receiver<bool>) {
     let me = own_uid();
     let mut inflight = JoinSet::new();
+    let mut pending_tick = tokio::time::interval(PENDING_EVERY);
+    pending_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = pending_tick.tick() => release_pending(&served).await,
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
-                    let (pool, status, metrics) = (pool.clone(), status.clone(), metrics.clone());
-                    inflight.spawn(async move { handle(stream, me, pool, status, metrics).await });
+                    let served = served.clone();
+                    inflight.spawn(async move { handle(stream, me, &served).await });
                 }
                 Err(e) => tracing::warn!(error = %e, "accept on the agent socket failed"),
             },
@@ -103,17 +187,9 @@ fn own_uid() -> u32 {
         .unwrap_or(0)
 }
 
-async fn handle(
-    mut stream: UnixStream,
-    me: u32,
-    pool: PoolHandle,
-    status: Arc<Status>,
-    metrics: Arc<Metrics>,
-) {
+async fn handle(mut stream: UnixStream, me: u32, served: &Served) {
     let reply = match stream.peer_cred() {
-        Ok(c) if c.uid() == 0 || c.uid() == me => {
-            request(&mut stream, &pool, &status, &metrics).await
-        }
+        Ok(c) if c.uid() == 0 || c.uid() == me => request(&mut stream, served).await,
         Ok(c) => {
             // Take the (size- and time-bounded) request off the socket first, so that the
             // refusal reaches the peer instead of a broken pipe.
@@ -159,12 +235,8 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     serde_json::from_slice(&buf).map_err(|e| format!("malformed request: {e}"))
 }
 
-async fn request(
-    stream: &mut UnixStream,
-    pool: &PoolHandle,
-    status: &Status,
-    metrics: &Metrics,
-) -> Reply {
+async fn request(stream: &mut UnixStream, served: &Served) -> Reply {
+    let (pool, status, metrics) = (&served.pool, &served.status, &served.metrics);
     let req = match read_request(stream).await {
         Ok(r) => r,
         Err(e) => return Reply::error(ErrorKind::BadRequest, e),
@@ -201,10 +273,11 @@ async fn request(
             let r = pool.allocate(key.clone(), pod, timeout).await;
             metrics.add_latency(t.elapsed());
             match r {
-                Ok(a) => {
-                    tracing::debug!(pod.key = %key, address = %a, "ADD");
+                Ok(l) => {
+                    tracing::debug!(pod.key = %key, address = %l.address, table = l.table, "ADD");
                     ok(Reply {
-                        address: Some(a),
+                        address: Some(l.address),
+                        pod_net: Some(served.pod_net(l)),
                         ..Reply::default()
                     })
                 }
@@ -215,19 +288,22 @@ async fn request(
                 Err(e) => Reply::error(ErrorKind::Internal, e.to_string()),
             }
         }
-        Op::Del { key } => match pool.release(key.clone()).await {
+        Op::Del { key, unlink } => match pool.release(key.clone()).await {
             Ok(a) => {
                 tracing::debug!(pod.key = %key, address = ?a, "DEL");
+                let unlinking = unlink.and_then(|end| served.unlink_later(end));
                 ok(Reply {
                     released: Some(a.is_some() as u32),
+                    unlinking,
                     ..Reply::default()
                 })
             }
             Err(e) => Reply::error(ErrorKind::Internal, e.to_string()),
         },
         Op::Check { key } => match pool.check(key.clone()).await {
-            Ok(Some(a)) => ok(Reply {
-                address: Some(a),
+            Ok(Some(l)) => ok(Reply {
+                address: Some(l.address),
+                pod_net: Some(served.pod_net(l)),
                 ..Reply::default()
             }),
             Ok(None) => Reply::error(
@@ -239,8 +315,13 @@ async fn request(
         Op::Gc { network, keep } => {
             let keep: HashSet<_> = keep.into_iter().collect();
             match pool.gc(network, keep).await {
-                Ok(n) => ok(Reply {
-                    released: Some(n),
+                Ok(c) => ok(Reply {
+                    released: Some(c.released),
+                    kept: Some(c.kept),
+                    pod_net: Some(served.pod_net(Leased {
+                        address: std::net::Ipv4Addr::UNSPECIFIED,
+                        table: crate::hostnet::netlink::TABLE_MAIN,
+                    })),
                     ..Reply::default()
                 }),
                 Err(e) => Reply::error(ErrorKind::Internal, e.to_string()),

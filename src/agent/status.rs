@@ -30,6 +30,11 @@ pub struct StatusView {
     pub last_error: Option<String>,
     /// Resyncs done.
     pub resyncs: u64,
+    /// Why the node's data plane could not be programmed, while it cannot (ADDs are refused:
+    /// a pod would get an address it cannot route).
+    pub host_error: Option<String>,
+    /// Attached ENIs whose link has not appeared after the wait, by id and MAC.
+    pub missing_links: Vec<String>,
 }
 
 /// Shared status.
@@ -55,6 +60,11 @@ impl Status {
         if !s.resynced {
             return Some("waiting for the first resync with EC2".into());
         }
+        if let Some(e) = &s.host_error {
+            return Some(format!(
+                "the node's data plane could not be programmed ({e}); retrying"
+            ));
+        }
         if s.prefixes_unsupported && !s.fallback_allowed {
             return Some(
                 "the EC2 endpoint cannot delegate prefixes (an Assign succeeded and assigned none); \
@@ -65,13 +75,21 @@ impl Status {
         None
     }
 
-    /// Ready for /readyz: resynced, socket up, and a way to get addresses.
+    /// Ready for /readyz: resynced, socket up, a way to get addresses, and every attached
+    /// ENI's link found (a late one is named with its MAC; the other ENIs still serve).
     pub fn readiness(&self) -> Result<(), String> {
         if let Some(why) = self.not_ready() {
             return Err(why);
         }
-        if !self.inner.lock().expect("status lock").socket_up {
+        let s = self.inner.lock().expect("status lock");
+        if !s.socket_up {
             return Err("the plugin socket is not up yet".into());
+        }
+        if !s.missing_links.is_empty() {
+            return Err(format!(
+                "{}: its addresses are not handed out",
+                s.missing_links.join("; ")
+            ));
         }
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! `prefixd install-cni`: the DaemonSet's init container copies the plugin and the node conflist
-//! onto the host, each to a temp name and renamed, the conflist checked first.
+//! onto the host, each to a temp name and renamed, the conflist checked first; with
+//! `--node-sysctls` (the init container is privileged) it also sets the sysctls the agent's
+//! unprivileged container cannot.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,10 @@ pub struct InstallCniArgs {
     /// The conflist to install.
     #[arg(long, default_value = "/etc/prefixd/10-prefixd.conflist")]
     pub conflist: PathBuf,
+    /// Also set the node's sysctls the agent needs and cannot set from an unprivileged
+    /// container: net.ipv4.ip_forward=1, rp_filter=2 on the primary ENI's link.
+    #[arg(long)]
+    pub node_sysctls: bool,
 }
 
 fn install_file(src: &Path, dir: &Path, mode: u32) -> Result<PathBuf, CliError> {
@@ -57,6 +63,13 @@ pub fn run(args: &InstallCniArgs) -> Result<(), CliError> {
             e.details
         ))
     })?;
+    if args.node_sysctls {
+        let done = crate::hostnet::node::node_sysctls()
+            .map_err(|e| CliError::Input(format!("cannot set the node's sysctls: {e}")))?;
+        for (key, wrote) in done {
+            println!("{key}: {}", if wrote { "set" } else { "already set" });
+        }
+    }
     let bin = install_file(&args.plugin, &args.bin_dir, 0o755)?;
     let conf = install_file(&args.conflist, &args.conf_dir, 0o644)?;
     println!("installed {} and {}", bin.display(), conf.display());

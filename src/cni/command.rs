@@ -1,195 +1,221 @@
-//! What each CNI_COMMAND does: ADD, DEL, CHECK, GC and STATUS, over the agent socket.
+//! What each CNI_COMMAND does, by role: the parts both roles share (the attachment, the pod,
+//! the agent call, GC's keys, STATUS) and the dispatch to [`super::ipam`] or [`super::wire`].
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::conf::{NetConf, settings};
+use super::conf::{NetConf, Role, Settings, settings};
 use super::error::{CniError, agent_error, code, fail, reply_error};
-use super::result::result;
-use super::{Transport, version_parts};
+use super::host::Host;
+use super::version_parts;
 use crate::core::PodKey;
 use crate::ipc::{Op, Reply};
 
-/// `K8S_POD_NAMESPACE=..;K8S_POD_NAME=..` → (namespace, name).
-pub(super) fn pod_identity(args: Option<String>) -> Result<(String, String), CniError> {
-    let (mut ns, mut name) = (String::new(), String::new());
-    for part in args
-        .iter()
-        .flat_map(|a| a.split(';'))
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            fail(
-                code::INVALID_ENV,
-                "invalid CNI_ARGS",
-                format!("{part:?} is not KEY=VALUE"),
-            )
-        })?;
-        match k {
-            "K8S_POD_NAMESPACE" => ns = v.to_owned(),
-            "K8S_POD_NAME" => name = v.to_owned(),
-            _ => {}
-        }
-    }
-    Ok((ns, name))
+/// One invocation's context.
+pub(super) struct Call<'a> {
+    pub(super) conf: &'a NetConf,
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+    pub(super) host: &'a dyn Host,
+    pub(super) s: Settings,
+    /// The config's spec version.
+    pub(super) v: (u32, u32, u32),
 }
 
-pub(super) fn attachment_key(
-    conf: &NetConf,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<PodKey, CniError> {
-    let need = |var: &str| {
-        env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+impl Call<'_> {
+    /// One request to the agent; an error answer is a CNI error.
+    pub(super) fn agent(&self, op: Op, timeout: Duration) -> Result<Reply, CniError> {
+        let r = self
+            .host
+            .agent(&self.s.socket, op, timeout)
+            .map_err(agent_error)?;
+        match &r.error {
+            Some(e) => Err(reply_error(e)),
+            None => Ok(r),
+        }
+    }
+
+    /// How long an ADD may take: the wait for an address, and a margin.
+    pub(super) fn add_timeout(&self) -> Duration {
+        self.s.timeout + Duration::from_secs(5)
+    }
+
+    /// A CNI_* variable that must be set.
+    pub(super) fn need(&self, var: &str) -> Result<String, CniError> {
+        (self.env)(var).filter(|v| !v.is_empty()).ok_or_else(|| {
             fail(
                 code::INVALID_ENV,
                 format!("{var} is not set"),
                 "the container runtime must set it",
             )
         })
-    };
-    let container = need("CNI_CONTAINERID")?;
-    let ifname = need("CNI_IFNAME")?;
-    PodKey::new(conf.name.clone(), container, ifname).map_err(|e| {
-        let c = if e.to_string().contains("network name") {
-            code::INVALID_CONFIG
-        } else {
-            code::INVALID_ENV
-        };
-        fail(c, "invalid attachment", e.to_string())
-    })
+    }
+
+    /// The attachment: network, CNI_CONTAINERID, CNI_IFNAME.
+    pub(super) fn key(&self) -> Result<PodKey, CniError> {
+        let container = self.need("CNI_CONTAINERID")?;
+        let ifname = self.need("CNI_IFNAME")?;
+        PodKey::new(self.conf.name.clone(), container, ifname).map_err(|e| {
+            let c = if e.to_string().contains("network name") {
+                code::INVALID_CONFIG
+            } else {
+                code::INVALID_ENV
+            };
+            fail(c, "invalid attachment", e.to_string())
+        })
+    }
+
+    /// `K8S_POD_NAMESPACE=..;K8S_POD_NAME=..` → (namespace, name).
+    pub(super) fn pod(&self) -> Result<(String, String), CniError> {
+        let (mut ns, mut name) = (String::new(), String::new());
+        for part in (self.env)("CNI_ARGS")
+            .iter()
+            .flat_map(|a| a.split(';'))
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                fail(
+                    code::INVALID_ENV,
+                    "invalid CNI_ARGS",
+                    format!("{part:?} is not KEY=VALUE"),
+                )
+            })?;
+            match k {
+                "K8S_POD_NAMESPACE" => ns = v.to_owned(),
+                "K8S_POD_NAME" => name = v.to_owned(),
+                _ => {}
+            }
+        }
+        Ok((ns, name))
+    }
+
+    /// The ADD request for this attachment.
+    pub(super) fn add_op(&self) -> Result<Op, CniError> {
+        let key = self.key()?;
+        let (ns, name) = self.pod()?;
+        Ok(Op::Add {
+            key,
+            pod_namespace: ns,
+            pod_name: name,
+            timeout_ms: self.s.timeout.as_millis() as u64,
+        })
+    }
+
+    /// The addresses of prevResult.
+    pub(super) fn prev_addresses(&self) -> Vec<Ipv4Addr> {
+        self.conf
+            .prev_result
+            .as_ref()
+            .and_then(|p| p["ips"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect()
+    }
+
+    /// CHECK's first half, both roles: the agent's allocation for `key` (error 3 when it has
+    /// none), compared with prevResult's address. Returns the answer and the address.
+    pub(super) fn checked(&self, key: &PodKey) -> Result<(Reply, Ipv4Addr), CniError> {
+        let r = self.agent(Op::Check { key: key.clone() }, Duration::from_secs(10))?;
+        let held = r.address.ok_or_else(|| {
+            fail(
+                code::UNKNOWN_CONTAINER,
+                format!("no address is allocated to {key}"),
+                "",
+            )
+        })?;
+        self.check_prev(key, held)?;
+        Ok((r, held))
+    }
+
+    /// CHECK's comparison: the agent's address for the attachment against prevResult's.
+    fn check_prev(&self, key: &PodKey, held: Ipv4Addr) -> Result<(), CniError> {
+        let prev = self.prev_addresses();
+        if !prev.is_empty() && !prev.contains(&held) {
+            let list: Vec<String> = prev.iter().map(|a| a.to_string()).collect();
+            return Err(fail(
+                code::INVALID_CONFIG,
+                format!("{key} holds {held}, not the address in prevResult"),
+                format!("prevResult addresses: {}", list.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+
+    /// GC's `cni.dev/valid-attachments`, as keys.
+    pub(super) fn gc_keep(&self) -> Result<Vec<PodKey>, CniError> {
+        if self.v < (1, 1, 0) {
+            return Err(fail(
+                code::INCOMPATIBLE_VERSION,
+                "GC needs cniVersion 1.1.0",
+                "",
+            ));
+        }
+        let mut keep = Vec::new();
+        for a in self.conf.valid_attachments.iter().flatten() {
+            keep.push(
+                PodKey::new(
+                    self.conf.name.clone(),
+                    a.container_id.clone(),
+                    a.ifname.clone(),
+                )
+                .map_err(|e| {
+                    fail(
+                        code::INVALID_CONFIG,
+                        "invalid cni.dev/valid-attachments entry",
+                        e.to_string(),
+                    )
+                })?,
+            );
+        }
+        Ok(keep)
+    }
+
+    fn status(&self) -> Result<String, CniError> {
+        if self.v < (1, 1, 0) {
+            return Err(fail(
+                code::INCOMPATIBLE_VERSION,
+                "STATUS needs cniVersion 1.1.0",
+                "",
+            ));
+        }
+        match self
+            .host
+            .agent(&self.s.socket, Op::Status, Duration::from_secs(5))
+        {
+            Ok(r) if r.error.is_none() => Ok(String::new()),
+            Ok(r) => Err(fail(
+                code::NOT_AVAILABLE,
+                "the prefixd agent cannot hand out addresses",
+                r.error.map(|e| e.message).unwrap_or_default(),
+            )),
+            Err(e) => Err(fail(
+                code::NOT_AVAILABLE,
+                "the prefixd agent is unreachable",
+                e.to_string(),
+            )),
+        }
+    }
 }
 
+/// Runs `command` for `conf`.
 pub(super) fn execute(
     command: &str,
     conf: &NetConf,
     env: &dyn Fn(&str) -> Option<String>,
-    transport: Transport,
+    host: &dyn Host,
 ) -> Result<String, CniError> {
-    let s = settings(conf)?;
-    let rpc_timeout = s.timeout + Duration::from_secs(5);
-    let call = |op: Op, t: Duration| -> Result<Reply, CniError> {
-        let r = transport(&s.socket, op, t).map_err(agent_error)?;
-        match &r.error {
-            Some(e) => Err(reply_error(e)),
-            None => Ok(r),
-        }
+    let call = Call {
+        conf,
+        env,
+        host,
+        s: settings(conf)?,
+        v: version_parts(&conf.cni_version).unwrap_or((1, 1, 0)),
     };
-    let v = version_parts(&conf.cni_version).unwrap_or((1, 1, 0));
-    match command {
-        "ADD" => {
-            if env("CNI_NETNS").is_none_or(|n| n.is_empty()) {
-                return Err(fail(
-                    code::INVALID_ENV,
-                    "CNI_NETNS is not set",
-                    "ADD needs the container's network namespace",
-                ));
-            }
-            let key = attachment_key(conf, env)?;
-            let (ns, name) = pod_identity(env("CNI_ARGS"))?;
-            let r = call(
-                Op::Add {
-                    key,
-                    pod_namespace: ns,
-                    pod_name: name,
-                    timeout_ms: s.timeout.as_millis() as u64,
-                },
-                rpc_timeout,
-            )?;
-            let addr = r.address.ok_or_else(|| {
-                fail(
-                    code::IO_FAILURE,
-                    "the agent answered ADD without an address",
-                    "",
-                )
-            })?;
-            Ok(result(conf, &s, addr, v).to_string())
-        }
-        "DEL" => {
-            let key = attachment_key(conf, env)?;
-            call(Op::Del { key }, Duration::from_secs(10))?;
-            Ok(String::new())
-        }
-        "CHECK" => {
-            let key = attachment_key(conf, env)?;
-            let r = call(Op::Check { key: key.clone() }, Duration::from_secs(10))?;
-            let held = r.address.ok_or_else(|| {
-                fail(
-                    code::UNKNOWN_CONTAINER,
-                    format!("no address is allocated to {key}"),
-                    "",
-                )
-            })?;
-            if let Some(prev) = &conf.prev_result {
-                let ips: Vec<String> = prev["ips"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| {
-                        i["address"]
-                            .as_str()
-                            .map(|a| a.split('/').next().unwrap_or("").to_owned())
-                    })
-                    .collect();
-                if !ips.is_empty() && !ips.contains(&held.to_string()) {
-                    return Err(fail(
-                        code::INVALID_CONFIG,
-                        format!("{key} holds {held}, not the address in prevResult"),
-                        format!("prevResult addresses: {}", ips.join(", ")),
-                    ));
-                }
-            }
-            Ok(String::new())
-        }
-        "GC" => {
-            if v < (1, 1, 0) {
-                return Err(fail(
-                    code::INCOMPATIBLE_VERSION,
-                    "GC needs cniVersion 1.1.0",
-                    "",
-                ));
-            }
-            let mut keep = Vec::new();
-            for a in conf.valid_attachments.iter().flatten() {
-                let k = PodKey::new(conf.name.clone(), a.container_id.clone(), a.ifname.clone())
-                    .map_err(|e| {
-                        fail(
-                            code::INVALID_CONFIG,
-                            "invalid cni.dev/valid-attachments entry",
-                            e.to_string(),
-                        )
-                    })?;
-                keep.push(k);
-            }
-            call(
-                Op::Gc {
-                    network: conf.name.clone(),
-                    keep,
-                },
-                Duration::from_secs(30),
-            )?;
-            Ok(String::new())
-        }
-        "STATUS" => {
-            if v < (1, 1, 0) {
-                return Err(fail(
-                    code::INCOMPATIBLE_VERSION,
-                    "STATUS needs cniVersion 1.1.0",
-                    "",
-                ));
-            }
-            match transport(&s.socket, Op::Status, Duration::from_secs(5)) {
-                Ok(r) if r.error.is_none() => Ok(String::new()),
-                Ok(r) => Err(fail(
-                    code::NOT_AVAILABLE,
-                    "the prefixd agent cannot hand out addresses",
-                    r.error.map(|e| e.message).unwrap_or_default(),
-                )),
-                Err(e) => Err(fail(
-                    code::NOT_AVAILABLE,
-                    "the prefixd agent is unreachable",
-                    e.to_string(),
-                )),
-            }
-        }
-        _ => unreachable!("commands are checked in run"),
+    if command == "STATUS" {
+        return call.status();
+    }
+    match &call.s.role {
+        Role::Ipam(_) => super::ipam::execute(command, &call),
+        Role::Main(_) => super::wire::execute(command, &call),
     }
 }

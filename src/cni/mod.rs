@@ -1,34 +1,31 @@
-//! `prefixd-cni`: a CNI IPAM plugin. The runtime (or a main plugin such as ptp) runs it with
-//! `CNI_COMMAND` and the network config on stdin; it asks the agent over the Unix socket and
-//! prints a result, or a CNI error (`{"cniVersion","code","msg","details"}`) with a non-zero exit.
+//! `prefixd-cni`: the CNI plugin. The runtime runs it with `CNI_COMMAND` and the network config
+//! on stdin; it asks the agent over the Unix socket, wires the pod (as the main plugin) or only
+//! hands out the address (as the IPAM of another main plugin), and prints a result, or a CNI
+//! error (`{"cniVersion","code","msg","details"}`) with a non-zero exit.
 //!
-//! Blocking and runtime-free: one process start, one round trip. Everything here is a function
-//! of (env, stdin, transport) so that tests and the fuzz test feed it directly.
+//! Blocking and runtime-free: one process start, one round trip, a few netlink calls.
+//! Everything here is a function of (env, stdin, [`host::Host`]) so that tests and the fuzz
+//! test feed it directly.
 //!
-//! Config (`ipam` section): `socket` (default /run/prefixd/agent.sock), `timeout` (how long an
-//! ADD waits for the pool to grow, default `30s`), `gateway` (default 169.254.1.1, the address
-//! ptp gives the host end of the veth), `routes` (default `[{"dst":"0.0.0.0/0"}]`),
-//! `prefix_length` (default 32).
-//!
-//! The parts: [`conf`] (the network config and its settings), [`error`] (CNI error codes and
-//! JSON), [`command`] (what each CNI_COMMAND does), [`result`] (the ADD result in each spec
-//! version).
+//! The parts: [`conf`] (the network config, the two roles and their settings), [`error`] (CNI
+//! error codes and JSON), `command` (what both roles share, and the dispatch), `ipam` (the IPAM
+//! role), `wire` (the main role), [`host`] (the agent and the kernel, as a trait).
 
 mod command;
 pub mod conf;
 pub mod error;
-mod result;
-
-use std::time::Duration;
+pub mod host;
+mod ipam;
+mod wire;
 
 use serde_json::{Value, json};
 
-use crate::ipc::{self, ClientError, Op, Reply};
 use command::execute;
 use conf::NetConf;
 pub use conf::check_conflist;
 use error::fail;
 pub use error::{CniError, code};
+use host::{Host, System};
 
 /// Spec versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -46,16 +43,13 @@ pub struct Output {
     pub exit: i32,
 }
 
-/// Sends a request to the agent.
-pub type Transport<'a> = &'a dyn Fn(&std::path::Path, Op, Duration) -> Result<Reply, ClientError>;
-
 pub(crate) fn version_parts(v: &str) -> Option<(u32, u32, u32)> {
     let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
     Some((it.next()??, it.next()??, it.next()??))
 }
 
 /// One invocation: `env` looks up CNI_* variables, `stdin` is the config.
-pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], transport: Transport) -> Output {
+pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], host: &dyn Host) -> Output {
     // Errors before the config is read are reported in the newest version we speak.
     let fallback_version = "1.1.0";
     let Some(command) = env("CNI_COMMAND") else {
@@ -113,7 +107,7 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], transport: Transp
         )
         .render(fallback_version);
     }
-    match execute(&command, &conf, env, transport) {
+    match execute(&command, &conf, env, host) {
         Ok(stdout) => Output { stdout, exit: 0 },
         Err(e) => e.render(&version),
     }
@@ -129,7 +123,7 @@ pub fn main() -> std::process::ExitCode {
         .take(MAX_STDIN as u64 + 1)
         .read_to_end(&mut stdin);
     let env = |k: &str| std::env::var(k).ok();
-    let out = run(&env, &stdin, &|p, op, t| ipc::call(p, op, t));
+    let out = run(&env, &stdin, &System);
     let mut stdout = std::io::stdout().lock();
     if !out.stdout.is_empty() {
         let _ = writeln!(stdout, "{}", out.stdout);
@@ -145,11 +139,13 @@ pub fn main() -> std::process::ExitCode {
 mod tests {
     use super::*;
     use crate::core::PodKey;
-    use crate::ipc::ErrorKind;
+    use crate::ipc::{ClientError, ErrorKind, Op, Reply};
+    use host::AgentOnly;
     use std::collections::HashMap;
     use std::net::Ipv4Addr;
     use std::path::PathBuf;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: HashMap<String, String> = pairs
@@ -197,7 +193,7 @@ mod tests {
                 ..Reply::default()
             })
         };
-        let out = run(&add_env(), CONF.as_bytes(), &t);
+        let out = run(&add_env(), CONF.as_bytes(), &AgentOnly(t));
         assert_eq!(out.exit, 0, "{}", out.stdout);
         let v: Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(v["cniVersion"], "1.0.0");
@@ -227,7 +223,7 @@ mod tests {
             &run(
                 &add_env(),
                 old.as_bytes(),
-                &ok_transport(Ipv4Addr::new(10, 0, 0, 1)),
+                &AgentOnly(ok_transport(Ipv4Addr::new(10, 0, 0, 1))),
             )
             .stdout,
         )
@@ -240,7 +236,7 @@ mod tests {
     fn errors_carry_the_spec_codes() {
         let t = ok_transport(Ipv4Addr::new(10, 0, 0, 1));
         let code_of = |env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]| {
-            let o = run(env, stdin, &t);
+            let o = run(env, stdin, &AgentOnly(&t));
             assert_eq!(o.exit, 1);
             let v: Value = serde_json::from_str(&o.stdout).unwrap();
             assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()));
@@ -302,19 +298,19 @@ mod tests {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             })
         };
-        let o = run(&add_env(), CONF.as_bytes(), &unreachable);
+        let o = run(&add_env(), CONF.as_bytes(), &AgentOnly(&unreachable));
         assert!(o.stdout.contains("\"code\":11"), "{}", o.stdout);
         let status = env_of(&[("CNI_COMMAND", "STATUS")]);
         let o = run(
             &status,
             CONF.replace("1.0.0", "1.1.0").as_bytes(),
-            &unreachable,
+            &AgentOnly(&unreachable),
         );
         assert!(o.stdout.contains("\"code\":50"), "{}", o.stdout);
         let timeout = |_: &std::path::Path, _: Op, _: Duration| {
             Ok(Reply::error(ErrorKind::Timeout, "no address"))
         };
-        let o = run(&add_env(), CONF.as_bytes(), &timeout);
+        let o = run(&add_env(), CONF.as_bytes(), &AgentOnly(timeout));
         assert!(o.stdout.contains("\"code\":11"), "{}", o.stdout);
     }
 
@@ -323,7 +319,7 @@ mod tests {
         let o = run(
             &env_of(&[("CNI_COMMAND", "VERSION")]),
             b"",
-            &ok_transport(Ipv4Addr::LOCALHOST),
+            &AgentOnly(ok_transport(Ipv4Addr::LOCALHOST)),
         );
         assert_eq!(o.exit, 0);
         let v: Value = serde_json::from_str(&o.stdout).unwrap();

@@ -587,6 +587,13 @@ impl Datastore {
         self.locate(addr).is_some()
     }
 
+    /// The ENI that carries `addr` (in one of its prefixes, or as a secondary address).
+    pub fn eni_of(&self, addr: Ipv4Addr) -> Option<(&EniId, &EniEntry)> {
+        let (block, _) = self.locate(addr)?;
+        let eni = &self.blocks.get(&block)?.eni;
+        self.enis.get_key_value(eni)
+    }
+
     /// The block holding `addr` and its position in it.
     fn locate(&self, addr: Ipv4Addr) -> Option<(BlockId, u32)> {
         let p = Prefix28::containing(addr);

@@ -12,6 +12,7 @@ pub mod planner;
 pub mod resync;
 pub mod rng;
 pub mod settings;
+pub mod sha1;
 pub mod store;
 pub mod types;
 

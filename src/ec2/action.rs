@@ -103,6 +103,7 @@ impl Action {
         Self::DescribeInstances,
         Self::DescribeNetworkInterfaces,
         Self::DescribeSubnets,
+        Self::DescribeVpcs,
         Self::DetachNetworkInterface,
         Self::ModifyNetworkInterfaceAttribute,
         Self::UnassignPrivateIpAddresses,

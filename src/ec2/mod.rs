@@ -180,6 +180,8 @@ pub struct EniInfo {
     pub attachment_status: Option<String>,
     /// Primary address.
     pub primary_ip: Option<Ipv4Addr>,
+    /// MAC address (`0a:1b:...`): how the node finds the ENI's link.
+    pub mac: String,
     /// Secondary addresses.
     pub secondary_ips: Vec<Ipv4Addr>,
     /// Prefixes.
@@ -263,6 +265,12 @@ pub trait Ec2: Send + Sync + 'static {
         &self,
         ids: &[SubnetId],
     ) -> impl Future<Output = Result<Vec<SubnetInfo>, Ec2Error>> + Send;
+    /// DescribeVpcs for one VPC: its associated IPv4 CIDR blocks (the primary and any
+    /// secondary ones), which pod traffic reaches without SNAT.
+    fn describe_vpc_cidrs(
+        &self,
+        vpc: &str,
+    ) -> impl Future<Output = Result<Vec<ipnet::Ipv4Net>, Ec2Error>> + Send;
     /// DescribeNetworkInterfaces attached to `instance`, every page.
     fn describe_node_enis(
         &self,

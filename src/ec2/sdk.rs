@@ -2,6 +2,7 @@
 //! ([`RetryPolicy::AGENT`]: the agent's loop retries), a client-side limiter on mutating calls,
 //! metrics for every call, and errors classified here, once.
 
+use ipnet::Ipv4Net;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -98,6 +99,7 @@ fn eni_info(n: &NetworkInterface) -> Option<EniInfo> {
         attachment_id: att.and_then(|a| a.attachment_id()).map(str::to_owned),
         attachment_status: att.and_then(|a| a.status()).map(|s| s.as_str().to_owned()),
         primary_ip: n.private_ip_address().and_then(|a| a.parse().ok()),
+        mac: n.mac_address().unwrap_or_default().to_owned(),
         secondary_ips: n
             .private_ip_addresses()
             .iter()
@@ -307,6 +309,33 @@ impl Ec2 for SdkEc2 {
                 })
             })
             .collect())
+    }
+
+    async fn describe_vpc_cidrs(&self, vpc: &str) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        const A: Action = Action::DescribeVpcs;
+        let r = self
+            .call(A, || self.client.describe_vpcs().vpc_ids(vpc).send())
+            .await?;
+        let v = r.vpcs().first().ok_or_else(|| bad_response(A, "VPC"))?;
+        let mut out: Vec<Ipv4Net> = v
+            .cidr_block_association_set()
+            .iter()
+            .filter(|a| {
+                a.cidr_block_state()
+                    .and_then(|s| s.state())
+                    .is_none_or(|s| s.as_str() == "associated")
+            })
+            .filter_map(|a| a.cidr_block()?.parse().ok())
+            .collect();
+        if let Some(c) = v.cidr_block().and_then(|c| c.parse().ok())
+            && !out.contains(&c)
+        {
+            out.insert(0, c);
+        }
+        if out.is_empty() {
+            return Err(bad_response(A, "CIDR block"));
+        }
+        Ok(out)
     }
 
     async fn describe_node_enis(&self, instance: &InstanceId) -> Result<Vec<EniInfo>, Ec2Error> {

@@ -385,9 +385,22 @@ impl Netlink {
             .collect())
     }
 
-    /// The link named `name`.
+    /// The link named `name`: one lookup, not a dump of every link (a node has one per pod).
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        Ok(self.links()?.into_iter().find(|l| l.name == name))
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        match self.request(
+            || format!("get link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_of(&l)),
+                _ => None,
+            })),
+            Err(e) if e.missing() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The link with MAC `mac`.

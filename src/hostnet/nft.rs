@@ -79,6 +79,11 @@ pub fn list_json(args: &[&str]) -> Result<serde_json::Value, NftError> {
     })
 }
 
+/// `nft ARGS` as text.
+pub fn list_text(args: &[&str]) -> Result<String, NftError> {
+    run(args, None)
+}
+
 /// Whether `nft` can be run at all.
 pub fn available() -> Result<(), NftError> {
     run(&["--version"], None).map(drop)

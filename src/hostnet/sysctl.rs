@@ -5,13 +5,33 @@ use std::path::PathBuf;
 
 /// A sysctl could not be written or read.
 #[derive(Debug, thiserror::Error)]
-#[error("sysctl {key}: {source}")]
+#[error("sysctl {key}: {source}{}", hint(source))]
 pub struct SysctlError {
     /// The key, e.g. `net.ipv4.ip_forward`.
     pub key: String,
     /// The OS error.
     #[source]
     pub source: std::io::Error,
+}
+
+fn hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            " (/proc/sys is read-only in an unprivileged container: the DaemonSet's privileged \
+             init container sets it with `prefixd install-cni --node-sysctls`)"
+        }
+        _ => "",
+    }
+}
+
+/// Sets `key` to `value` unless it has it already (a read-only /proc/sys with the right
+/// value is no error). Returns whether it wrote.
+pub fn ensure(key: &str, value: &str) -> Result<bool, SysctlError> {
+    if get(key)? == value {
+        return Ok(false);
+    }
+    set(key, value)?;
+    Ok(true)
 }
 
 fn path(key: &str) -> PathBuf {

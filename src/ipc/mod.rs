@@ -2,6 +2,7 @@
 //! one JSON request and one JSON reply per Unix-socket connection, versioned, size-limited.
 //!
 //! The client here is blocking and needs no async runtime, so that `prefixd-cni` starts fast.
+//! [`pending`] holds the releases a DEL could not deliver.
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -12,6 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::core::PodKey;
+
+pub mod pending;
 
 /// Protocol version; a request with another is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -39,6 +42,11 @@ pub enum Op {
     Del {
         /// The CNI attachment.
         key: PodKey,
+        /// The pod's host-side veth, for the agent to delete after it answers (deleting a veth
+        /// waits for the kernel's RCU grace period, tens of milliseconds the runtime need not
+        /// wait). An agent that takes it says so with `unlinking`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unlink: Option<HostEnd>,
     },
     /// The address `key` holds, or a not-found error.
     Check {
@@ -54,6 +62,16 @@ pub enum Op {
     },
     /// Whether the agent can hand out addresses.
     Status,
+}
+
+/// A pod's host-side veth, by name and index: a link of that name with another index is a
+/// newer pod's and is left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEnd {
+    /// Its name.
+    pub name: String,
+    /// Its interface index.
+    pub index: u32,
 }
 
 /// A request.
@@ -91,6 +109,19 @@ pub struct ReplyError {
     pub message: String,
 }
 
+/// How the plugin wires a pod's address (in ADD, CHECK and GC answers): the routing table of
+/// the ENI that holds it (254, main, for the primary ENI), the pod's MTU and the host-side veth
+/// prefix — the agent's settings, so that a node's configuration lives in one place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNet {
+    /// The ENI's routing table.
+    pub table: u32,
+    /// POD_MTU.
+    pub mtu: u32,
+    /// AWS_VPC_K8S_CNI_VETHPREFIX.
+    pub veth_prefix: String,
+}
+
 /// A reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
@@ -105,6 +136,15 @@ pub struct Reply {
     /// Free addresses now (STATUS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free: Option<u32>,
+    /// How to wire the address (ADD, CHECK; GC for the veth prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_net: Option<PodNet>,
+    /// Every address still allocated after a GC: host ends of others are leftovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Vec<Ipv4Addr>>,
+    /// DEL: the agent deletes the host end it was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlinking: Option<bool>,
     /// The failure, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReplyError>,
@@ -164,7 +204,8 @@ pub fn call(socket: &Path, op: Op, timeout: Duration) -> Result<Reply, ClientErr
     let sent = s
         .write_all(&bytes)
         .and_then(|()| s.shutdown(std::net::Shutdown::Write));
-    let mut buf = Vec::new();
+    // Room for any answer at once: a growing buffer reads it 32 bytes at a time.
+    let mut buf = Vec::with_capacity(4096);
     let read = s.take(MAX_MESSAGE as u64 + 1).read_to_end(&mut buf);
     if buf.is_empty() {
         sent.map_err(ClientError::Io)?;

@@ -4,6 +4,7 @@
 //! policy) and the agent's client-side limiter. The simulator's virtual nodes and the tests that
 //! run the agent on paused time use it.
 
+use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
@@ -42,6 +43,7 @@ fn info(e: &Eni, now_ms: u64) -> EniInfo {
         attachment_id: att.map(|a| a.id.clone()),
         attachment_status: att.map(|a| attach_status(a.ready_at_ms, now_ms).to_owned()),
         primary_ip: Some(e.primary_ip),
+        mac: e.mac.clone(),
         secondary_ips: e.secondary.clone(),
         prefixes: e.prefixes.clone(),
         tags: e.tags.clone(),
@@ -157,6 +159,19 @@ impl Ec2 for DirectEc2 {
                     })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn describe_vpc_cidrs(&self, vpc: &str) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        self.call(Action::DescribeVpcs, |m, _| {
+            let v = m.vpcs.get(vpc).ok_or_else(|| {
+                ApiError::client(
+                    "InvalidVpcID.NotFound",
+                    format!("The vpc ID '{vpc}' does not exist"),
+                )
+            })?;
+            Ok(vec![v.cidr])
         })
         .await
     }

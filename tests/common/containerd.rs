@@ -10,8 +10,10 @@
 //! test's directory. containerd's own /run/containerd (shim sockets) is a private tmpfs. The
 //! machine's files, mounts and containerd are never touched.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A containerd of the test's, in a network namespace.
@@ -19,6 +21,8 @@ pub struct Containerd {
     pub dir: tempfile::TempDir,
     pub netns: String,
     child: Child,
+    /// The `ctr run` of each running container.
+    running: Mutex<HashMap<String, Child>>,
 }
 
 fn need(bin: &str) -> String {
@@ -52,16 +56,108 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
+/// The arguments of process `pid`.
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Kills what a dead run of this harness left running — its containerd, the shims and the
+/// containers under them — found by the harness directory in their arguments, whose
+/// `owner.pid` names a process that is gone (or which was removed).
+pub fn remove_leftovers() {
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut doomed = Vec::new();
+    for &pid in &pids {
+        let args = cmdline(pid);
+        let dir = args.iter().enumerate().find_map(|(i, a)| {
+            let next = args.get(i + 1)?;
+            let is_ours = (a == "-address" && next.ends_with("/containerd.sock"))
+                || (a == "--config"
+                    && next.ends_with("/config.toml")
+                    && args[0].ends_with("containerd"));
+            is_ours.then(|| Path::new(next).parent().map(Path::to_path_buf))?
+        });
+        let Some(dir) = dir else { continue };
+        if !dir.starts_with(std::env::temp_dir()) {
+            continue;
+        }
+        let owner_alive = std::fs::read_to_string(dir.join("owner.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !owner_alive {
+            doomed.push(pid);
+        }
+    }
+    // The containers: children of the doomed shims.
+    let children: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| parent_of(*p).is_some_and(|pp| doomed.contains(&pp)))
+        .collect();
+    for pid in doomed.iter().chain(&children) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    // The cgroups named after containerds that are gone (empty once their containers are).
+    std::thread::sleep(Duration::from_millis(if doomed.is_empty() {
+        0
+    } else {
+        200
+    }));
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for c in std::fs::read_dir(h.path()).into_iter().flatten().flatten() {
+            let name = c.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("prefixd-test-") else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            for sub in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                if sub.path().is_dir() {
+                    let _ = std::fs::remove_dir(sub.path());
+                }
+            }
+            let _ = std::fs::remove_dir(c.path());
+        }
+    }
+}
+
 impl Containerd {
     /// Starts containerd in the named network namespace `netns`; the conflists in `cni_conf`
-    /// and the plugins in `cni_bin` are what `ctr run --cni` will use.
+    /// and the plugins in `cni_bin` are what `ctr run --cni` will use. What a dead run left is
+    /// removed first.
     pub fn start(netns: &str, cni_conf: &Path, cni_bin: &Path) -> Self {
+        remove_leftovers();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for sub in [
-            "root", "state", "fifo", "opt", "etc-up", "etc-work", "opt-up", "opt-work", "var-up",
-            "var-work",
-        ] {
+        std::fs::write(d.join("owner.pid"), std::process::id().to_string()).unwrap();
+        for sub in ["root", "state", "fifo", "opt", "views"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         std::fs::write(
@@ -78,18 +174,23 @@ impl Containerd {
             ),
         )
         .unwrap();
-        // The mount namespace's view of the CNI directories, shared by every ctr of this test.
+        // The mount namespace's view of the CNI directories. Every ctr gets overlays of its own:
+        // two live overlays sharing an upper or work directory fail to mount (EBUSY, or a race
+        // on the work directory's reset), and a background `ctr run` keeps its mounts for the
+        // container's life. libcni's cache needs no sharing: a `ctr run --rm` adds and deletes.
         std::fs::write(
             d.join("cni-view.sh"),
             format!(
                 "set -e\n\
-                 mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc-up,workdir={d}/etc-work /etc\n\
+                 v=$(mktemp -d {d}/views/ctr.XXXXXXXX)\n\
+                 mkdir $v/etc-up $v/etc-work $v/opt-up $v/opt-work $v/var-up $v/var-work\n\
+                 mount -t overlay overlay -o lowerdir=/etc,upperdir=$v/etc-up,workdir=$v/etc-work /etc\n\
                  mkdir -p /etc/cni/net.d\n\
                  mount --bind {conf} /etc/cni/net.d\n\
-                 mount -t overlay overlay -o lowerdir=/opt,upperdir={d}/opt-up,workdir={d}/opt-work /opt\n\
+                 mount -t overlay overlay -o lowerdir=/opt,upperdir=$v/opt-up,workdir=$v/opt-work /opt\n\
                  mkdir -p /opt/cni/bin\n\
                  mount --bind {bin} /opt/cni/bin\n\
-                 mount -t overlay overlay -o lowerdir=/var/lib,upperdir={d}/var-up,workdir={d}/var-work /var/lib\n\
+                 mount -t overlay overlay -o lowerdir=/var/lib,upperdir=$v/var-up,workdir=$v/var-work /var/lib\n\
                  exec \"$@\"\n",
                 d = d.display(),
                 conf = cni_conf.display(),
@@ -114,6 +215,7 @@ impl Containerd {
             dir,
             netns: netns.to_owned(),
             child,
+            running: Mutex::new(HashMap::new()),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !c.socket().exists() {
@@ -133,17 +235,20 @@ impl Containerd {
 
     /// `ctr ARGS...` in the namespace, with the test's CNI view.
     pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_command(args).output().expect("ctr runs")
+    }
+
+    fn ctr_command(&self, args: &[&str]) -> Command {
         let d = self.dir.path();
-        Command::new(need("nsenter"))
-            .arg(format!("--net=/run/netns/{}", self.netns))
+        let mut c = Command::new(need("nsenter"));
+        c.arg(format!("--net=/run/netns/{}", self.netns))
             .args([&need("unshare"), "-m", "--propagation", "private", "sh"])
             .arg(d.join("cni-view.sh"))
             .arg(need("ctr"))
             .arg("--address")
             .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("ctr runs")
+            .args(args);
+        c
     }
 
     /// The cgroup of a container: under a parent of this harness's, removed when it drops.
@@ -176,12 +281,15 @@ impl Containerd {
         self.ctr(&args)
     }
 
-    /// The same, detached: the container keeps running.
-    pub fn run_detached(&self, rootfs: &Path, id: &str, cmd: &[&str]) -> Output {
+    /// `ctr run --rm --cni` kept in the background: the container keeps running until
+    /// [`Self::remove`], and the same `ctr` that set its network up (CNI ADD) tears it down (CNI
+    /// DEL, with the cached result as prevResult) when it ends — as a runtime does; `ctr run -d`
+    /// would never run the DEL. Returns once the task runs, or ctr's output if it ended first.
+    pub fn run_detached(&self, rootfs: &Path, id: &str, cmd: &[&str]) -> Result<(), Output> {
         let cgroup = self.cgroup(id);
         let mut args = vec![
             "run",
-            "-d",
+            "--rm",
             "--null-io",
             "--cni",
             "--cgroup",
@@ -191,7 +299,57 @@ impl Containerd {
             id,
         ];
         args.extend_from_slice(cmd);
-        self.ctr(&args)
+        let child = self
+            .ctr_command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ctr runs");
+        let mut running = self.running.lock().unwrap();
+        running.insert(id.to_owned(), child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ls = self.ctr(&["task", "ls"]);
+            let up = String::from_utf8_lossy(&ls.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"));
+            if up {
+                return Ok(());
+            }
+            let child = running.get_mut(id).unwrap();
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(running.remove(id).unwrap().wait_with_output().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `ctr run --rm --cni` in the foreground, its stdout (the container's) piped to the
+    /// caller: for measuring when the container first says something.
+    pub fn run_piped(&self, rootfs: &Path, id: &str, cmd: &[&str]) -> Child {
+        let cgroup = self.cgroup(id);
+        let fifo = self.dir.path().join("fifo");
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--cni",
+            "--cgroup",
+            &cgroup,
+            "--fifo-dir",
+            fifo.to_str().unwrap(),
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            id,
+        ];
+        args.extend_from_slice(cmd);
+        self.ctr_command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ctr runs")
     }
 
     /// Runs `cmd` in a running container.
@@ -210,18 +368,17 @@ impl Containerd {
         self.ctr(&args)
     }
 
-    /// Stops and removes a detached container; its CNI DEL runs.
+    /// Kills a container of [`Self::run_detached`] and waits for its `ctr run` to end (the CNI
+    /// DEL runs before it does); returns that ctr's output.
     pub fn remove(&self, id: &str) -> Output {
         let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.ctr(&["task", "delete", id]);
-            if out.status.success() || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.ctr(&["container", "delete", id])
+        let child = self
+            .running
+            .lock()
+            .unwrap()
+            .remove(id)
+            .unwrap_or_else(|| panic!("{id} was not started by run_detached"));
+        child.wait_with_output().unwrap()
     }
 
     /// The log so far.
@@ -232,6 +389,10 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        let ids: Vec<String> = self.running.lock().unwrap().keys().cloned().collect();
+        for id in ids {
+            let _ = self.remove(&id);
+        }
         let parent = self.cgroup_parent();
         let _ = self.child.kill();
         let _ = self.child.wait();

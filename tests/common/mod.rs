@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod node;
 pub mod vpc;
 
 use std::io::{Read, Write};
@@ -160,6 +161,9 @@ async fn start_agent_full(
         ("METRICS_BIND_ADDRESS", "127.0.0.1:0"),
         ("POOL_TICK", "100ms"),
         ("EC2_API_QPS", "100"),
+        // In the test's own process: the host's network is never touched. The data plane is
+        // tested with the agent in an emulated instance's namespace (tests/pod_network.rs).
+        ("ENABLE_HOST_NETWORKING", "false"),
     ];
     pairs.extend_from_slice(settings);
     let cfg = prefixd::agent::config::AgentConfig::with(pairs).unwrap();
@@ -226,6 +230,7 @@ impl PausedAgent {
                 std::time::Duration::from_millis(timeout_ms),
             )
             .await
+            .map(|l| l.address)
     }
 
     /// A DEL: whether the key held an address.
@@ -310,7 +315,7 @@ pub async fn del(socket: &std::path::Path, container: &str) -> prefixd::ipc::Rep
     tokio::task::spawn_blocking(move || {
         prefixd::ipc::call(
             &socket,
-            prefixd::ipc::Op::Del { key },
+            prefixd::ipc::Op::Del { key, unlink: None },
             std::time::Duration::from_secs(5),
         )
         .unwrap()

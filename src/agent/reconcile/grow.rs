@@ -128,6 +128,12 @@ impl<E: Ec2> Looper<E> {
                 }
             }
         }
+        if !plan.create_enis.is_empty() && self.links_pending() {
+            tracing::info!(
+                "an attached ENI's link has not appeared: no other ENI is created meanwhile"
+            );
+            return Ok(());
+        }
         for step in &plan.create_enis {
             self.create_eni(step.prefixes, step.secondary_ips).await?;
         }
@@ -242,9 +248,20 @@ impl<E: Ec2> Looper<E> {
             if let Some(p) = info.primary_ip {
                 self.view.primary_ips.insert(p);
             }
-            self.view.attachments.insert(info.id.clone(), attachment);
+            self.view
+                .attachments
+                .insert(info.id.clone(), attachment.clone());
             self.view.used_indexes.insert(device_index);
             self.view.subnets.insert(info.id.clone(), subnet);
+            let attached = crate::ec2::EniInfo {
+                device_index: Some(device_index),
+                attachment_id: Some(attachment),
+                ..info.clone()
+            };
+            if !self.new_eni_link(&attached).await? {
+                // Attached, not handed out: the link's appearance makes a resync add it.
+                return Ok(());
+            }
             let mut changes = vec![Change::AddEni {
                 id: info.id.clone(),
                 device_index,

@@ -10,9 +10,11 @@
 //! cooldown ends.
 //!
 //! The parts: [`resync`] (EC2 → datastore), [`grow`] (Assign, new ENIs), [`release`] (excess
-//! back to EC2), [`sweep`] (leaked ENIs).
+//! back to EC2), [`sweep`] (leaked ENIs), [`host`] (the node's data plane: ENI links, tables,
+//! rules, SNAT, kept in step with the datastore).
 
 mod grow;
+mod host;
 mod release;
 mod resync;
 mod sweep;
@@ -26,6 +28,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::config::AgentConfig;
+use super::netplane::NetPlane;
 use super::pool::PoolHandle;
 use super::status::Status;
 use crate::core::backoff::{Backoff, Jitter};
@@ -45,6 +48,8 @@ pub struct Node {
     pub instance_type: String,
     /// The primary ENI's subnet.
     pub subnet: SubnetId,
+    /// Its VPC.
+    pub vpc: String,
     /// The primary ENI's security groups (new ENIs get them too).
     pub security_groups: Vec<String>,
     /// The primary ENI.
@@ -134,6 +139,9 @@ struct Ec2View {
     /// ENIs' primary addresses: never pod addresses, whatever an Assign response lists
     /// (LocalStack's lists the primary with the new secondaries).
     primary_ips: HashSet<Ipv4Addr>,
+    /// The managed ENIs as EC2 listed them (and those created since): what the node's data
+    /// plane is built from.
+    enis: Vec<crate::ec2::EniInfo>,
 }
 
 /// A subnet that ran short, and until when it is left alone.
@@ -164,11 +172,19 @@ pub(super) struct Looper<E> {
     sync: Sync,
     view: Ec2View,
     growth: Growth,
+    /// The node's data plane, when the agent programs it.
+    net: Option<NetPlane>,
 }
 
 impl<E: Ec2> Looper<E> {
-    /// A loop in `ctx`; `resynced` turns true after the first successful resync.
-    pub(super) fn new(ctx: Ctx<E>, wake: Arc<Notify>, resynced: watch::Sender<bool>) -> Self {
+    /// A loop in `ctx`; `resynced` turns true after the first successful resync (and, with
+    /// `net`, the first programming of the node).
+    pub(super) fn new(
+        ctx: Ctx<E>,
+        wake: Arc<Notify>,
+        resynced: watch::Sender<bool>,
+        net: Option<NetPlane>,
+    ) -> Self {
         let now = Instant::now();
         ctx.status
             .update(|s| s.fallback_allowed = ctx.cfg.secondary_ip_fallback);
@@ -193,6 +209,7 @@ impl<E: Ec2> Looper<E> {
                 next_sweep: Some(now),
                 ..Growth::default()
             },
+            net,
         }
     }
 
@@ -224,6 +241,11 @@ impl<E: Ec2> Looper<E> {
 
     async fn pass(&mut self) {
         let now = Instant::now();
+        // The node is kept whether or not EC2 answers.
+        if self.net.is_some() {
+            self.poll_links().await;
+            self.host_step(false).await;
+        }
         if self.retry.waiting(now) {
             return;
         }

@@ -1,6 +1,7 @@
 //! Release: excess prefixes and secondary addresses go back to EC2 — out of the datastore first
 //! (refused if a pod took an address meanwhile), so that nothing is handed out of a block on its
-//! way back — and empty ENIs are detached and deleted. A failed Unassign puts the blocks back.
+//! way back — and empty ENIs lose their table and rule on the node, then are detached and
+//! deleted. A failed Unassign puts the blocks back.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -96,6 +97,8 @@ impl<E: Ec2> Looper<E> {
             if !matches!(r.as_deref(), Ok([Ok(_)])) {
                 continue;
             }
+            // Its table and rule go first: nothing routes into a link that is leaving.
+            self.eni_down(eni).await;
             if let Some(a) = self.view.attachments.get(eni).cloned()
                 && let Err(e) = self.ctx.ec2.detach_eni(&a).await
                 && e.class != ErrorClass::NotFound

@@ -27,6 +27,12 @@ impl<E: Ec2> Looper<E> {
             .filter(|e| e.device_index.is_some())
             .filter(|e| e.tags.get(tags::NO_MANAGE).is_none_or(|v| v != "true"))
             .collect();
+        if self.net.is_some() {
+            let subnets: Vec<_> = managed.iter().map(|e| e.subnet.clone()).collect();
+            self.learn_networks(&subnets).await?;
+            self.bring_up(&managed).await;
+        }
+        self.view.enis = managed.iter().map(|e| (*e).clone()).collect();
         self.view.attachments.clear();
         self.view.subnets.clear();
         for e in &managed {
@@ -37,6 +43,7 @@ impl<E: Ec2> Looper<E> {
         }
         let listed: Vec<Listed> = managed
             .iter()
+            .filter(|e| self.handed_out(e, &local))
             .map(|e| Listed {
                 id: e.id.clone(),
                 device_index: e.device_index.unwrap_or(0),
@@ -70,6 +77,8 @@ impl<E: Ec2> Looper<E> {
         self.sync.next = Instant::now() + self.ctx.cfg.reconcile_interval;
         self.sync.needed = !diff.deferred.is_empty();
         self.sync.missing = diff.deferred;
+        // The node has every allocation's rules before the socket opens (after a restart too).
+        self.host_step(true).await;
         self.ctx.status.update(|s| {
             s.resynced = true;
             s.resyncs += 1;

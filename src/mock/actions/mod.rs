@@ -22,6 +22,7 @@ pub const ACTIONS: &[Action] = &[
     Action::DescribeInstances,
     Action::DescribeInstanceTypes,
     Action::DescribeSubnets,
+    Action::DescribeVpcs,
     Action::DescribeNetworkInterfaces,
     Action::CreateNetworkInterface,
     Action::AttachNetworkInterface,
@@ -72,17 +73,12 @@ pub fn handle(
             x.leaf("return", true);
         }
         Action::DescribeSubnets => network::describe_subnets(model, p, &mut x)?,
+        Action::DescribeVpcs => network::describe_vpcs(model, p, &mut x)?,
         Action::CreateVpc => network::create_vpc(model, p, &mut x)?,
         Action::CreateSubnet => network::create_subnet(model, p, &mut x)?,
         Action::CreateSubnetCidrReservation => network::create_reservation(model, p, &mut x)?,
         Action::GetSubnetCidrReservations => network::get_reservations(model, p, &mut x)?,
         Action::DeleteSubnetCidrReservation => network::delete_reservation(model, p, &mut x)?,
-        other => {
-            return Err(ApiError::client(
-                "InvalidAction",
-                format!("The action {other} is not valid for this web service."),
-            ));
-        }
     }
     Ok(x.finish(name))
 }

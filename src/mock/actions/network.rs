@@ -1,4 +1,4 @@
-//! VPC and subnet actions: CreateVpc, CreateSubnet, DescribeSubnets, and the subnet CIDR
+//! VPC and subnet actions: CreateVpc, DescribeVpcs, CreateSubnet, DescribeSubnets, and the subnet CIDR
 //! reservations.
 
 use super::{
@@ -6,7 +6,7 @@ use super::{
 };
 use crate::mock::ApiError;
 use crate::mock::addr::ReservationKind;
-use crate::mock::model::{CidrReservation, Model, Subnet};
+use crate::mock::model::{CidrReservation, Model, Subnet, Vpc};
 use crate::mock::wire::{Params, Xml};
 
 fn subnet_xml(x: &mut Xml, s: &Subnet, account: &str, region: &str) {
@@ -71,21 +71,56 @@ fn reservation_xml(x: &mut Xml, r: &CidrReservation, account: &str) {
         .leaf("description", &r.description);
 }
 
+fn vpc_xml(x: &mut Xml, v: &Vpc, account: &str) {
+    x.leaf("vpcId", &v.id)
+        .leaf("ownerId", account)
+        .leaf("state", "available")
+        .leaf("cidrBlock", v.cidr)
+        .leaf("dhcpOptionsId", "dopt-00000000")
+        .leaf("instanceTenancy", "default")
+        .leaf("isDefault", false);
+    x.set("cidrBlockAssociationSet", [v], |x, v| {
+        x.leaf("associationId", format!("vpc-cidr-assoc-{}", &v.id[4..]))
+            .leaf("cidrBlock", v.cidr);
+        x.node("cidrBlockState", |x| {
+            x.leaf("state", "associated");
+        });
+    });
+    tags_xml(x, &v.tags);
+}
+
+fn vpc_field(v: &Vpc) -> Box<FieldFn<'_>> {
+    Box::new(move |name: &str| {
+        if let Some(t) = tag_field(&v.tags, name) {
+            return t;
+        }
+        match name {
+            "vpc-id" => one(&v.id),
+            "cidr" | "cidr-block-association.cidr-block" => one(v.cidr),
+            "state" => one("available"),
+            _ => None,
+        }
+    })
+}
+
+pub(super) fn describe_vpcs(model: &Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
+    let ids = p.list("VpcId");
+    check_known(&ids, "vpc-", "InvalidVpcID", "vpc", |id| {
+        model.vpcs.contains_key(id)
+    })?;
+    let (page, next) = select(p, model.vpcs.values(), &ids, |v| &v.id, vpc_field)?;
+    let account = &model.account;
+    x.set("vpcSet", page, |x, v| vpc_xml(x, v, account));
+    next_token(x, next);
+    Ok(())
+}
+
 pub(super) fn create_vpc(model: &mut Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
     let cidr = cidr_param(p, "CidrBlock")?;
     let id = model.create_vpc(cidr, p.tag_specs("vpc")?)?;
     let v = &model.vpcs[&id];
     let account = &model.account;
-    x.node("vpc", |x| {
-        x.leaf("vpcId", &v.id)
-            .leaf("ownerId", account)
-            .leaf("state", "available")
-            .leaf("cidrBlock", v.cidr)
-            .leaf("dhcpOptionsId", "dopt-00000000")
-            .leaf("instanceTenancy", "default")
-            .leaf("isDefault", false);
-        tags_xml(x, &v.tags);
-    });
+    x.node("vpc", |x| vpc_xml(x, v, account));
     Ok(())
 }
 

@@ -1,0 +1,398 @@
+//! A pod's network, as the CNI plugin makes it (the VPC CNI's layout, so that what users and
+//! Calico know carries over):
+//!
+//! * a veth pair made from inside the pod's namespace: `CNI_IFNAME` there, the host end in the
+//!   node's namespace named `PREFIX` + 11 hex digits of SHA-1 of `namespace.name`;
+//! * in the pod: the address as a /32, a scope-link route to 169.254.1.1, the default route via
+//!   it, and a permanent neighbour entry for it at the host end's MAC (no ARP, no gateway address
+//!   to hand out);
+//! * on the node: `POD/32 dev HOSTVETH` in main, `to POD lookup main` (512), and for an address
+//!   on a secondary ENI `from POD lookup TABLE` (1536), so that its packets leave through that
+//!   ENI (EC2 drops them otherwise).
+//!
+//! Tearing down needs nothing but the names and the namespace: the address is read off the
+//! pod's interface (or given), so DEL works while the agent is down. It comes in two steps:
+//! [`detach`] (rules and route, fast) and [`unlink`] (the veth pair, which waits for an RCU grace
+//! period): the plugin hands the second to the agent when it can.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use ipnet::{IpNet, Ipv4Net};
+
+use super::netlink::{Link, Mac, Netlink, NetlinkError, Route, Rule, TABLE_MAIN};
+use super::netns::{NetNs, NetnsError};
+use crate::core::sha1;
+
+/// The pod's gateway: link-local, never on the wire.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// Rule priority of `to POD lookup main`.
+pub const PRIO_TO_POD: u32 = 512;
+/// Rule priority of `from POD lookup TABLE`.
+pub const PRIO_FROM_POD: u32 = 1536;
+
+/// Wiring a pod failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// The pod's (or the node's) namespace could not be opened or entered.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The kernel refused.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// Something that should be there is not.
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// The host-side veth name: `prefix` + 11 hex digits of SHA-1 of `namespace.name` (the VPC
+/// CNI's, which Calico computes too), or of the container id when the runtime gave no pod.
+pub fn host_veth_name(prefix: &str, namespace: &str, name: &str, container_id: &str) -> String {
+    let key = if namespace.is_empty() && name.is_empty() {
+        container_id.to_owned()
+    } else {
+        format!("{namespace}.{name}")
+    };
+    format!("{prefix}{}", &sha1::hex(key.as_bytes())[..11])
+}
+
+/// What a pod gets.
+#[derive(Debug, Clone)]
+pub struct PodSpec<'a> {
+    /// Its namespace (CNI_NETNS).
+    pub netns: &'a Path,
+    /// Its interface (CNI_IFNAME).
+    pub ifname: &'a str,
+    /// The host end's name.
+    pub host_veth: &'a str,
+    /// Its address.
+    pub address: Ipv4Addr,
+    /// The interfaces' MTU.
+    pub mtu: u32,
+    /// The ENI's routing table (main for the primary ENI).
+    pub table: u32,
+}
+
+/// What was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wired {
+    /// The host end's MAC.
+    pub host_mac: Mac,
+    /// The pod interface's MAC.
+    pub pod_mac: Mac,
+}
+
+fn host32(a: Ipv4Addr) -> IpNet {
+    IpNet::V4(Ipv4Net::new(a, 32).expect("32 is a valid length"))
+}
+
+fn default_net() -> IpNet {
+    IpNet::V4(Ipv4Net::default())
+}
+
+/// The node's rules for a pod's address.
+pub fn pod_rules(address: Ipv4Addr, table: u32) -> Vec<Rule> {
+    let mut v = vec![Rule::lookup(PRIO_TO_POD, TABLE_MAIN).to(host32(address))];
+    if table != TABLE_MAIN {
+        v.push(Rule::lookup(PRIO_FROM_POD, table).from(host32(address)));
+    }
+    v
+}
+
+/// A socket in `ns`, opened by entering it for a moment.
+fn netlink_in(ns: &NetNs) -> Result<Netlink, PodError> {
+    let _inside = ns.enter()?;
+    Ok(Netlink::open()?)
+}
+
+fn find(nl: &mut Netlink, name: &str, what: &str) -> Result<Link, PodError> {
+    nl.link_by_name(name)?
+        .ok_or_else(|| PodError::Missing(format!("{what} {name} is not there")))
+}
+
+/// Wires the pod. Idempotent: an interface of the same name left by an earlier attempt, in the
+/// pod or on the node, is replaced.
+pub fn setup(spec: &PodSpec) -> Result<Wired, PodError> {
+    let node = NetNs::current()?;
+    let pod = NetNs::open(spec.netns)?;
+    let mut node_nl = Netlink::open()?;
+    let mut pod_nl = netlink_in(&pod)?;
+    if let Some(old) = pod_nl.link_by_name(spec.ifname)? {
+        pod_nl.del_link(old.index)?;
+    }
+    if let Some(old) = node_nl.link_by_name(spec.host_veth)? {
+        node_nl.del_link(old.index)?;
+    }
+    pod_nl.add_veth(
+        spec.ifname,
+        None,
+        spec.host_veth,
+        None,
+        Some(node.fd()),
+        Some(spec.mtu),
+    )?;
+    let host = find(&mut node_nl, spec.host_veth, "the host end")?;
+    let inner = find(&mut pod_nl, spec.ifname, "the pod's interface")?;
+    if let Some(lo) = pod_nl.link_by_name("lo")? {
+        pod_nl.set_up(lo.index, true)?;
+    }
+    pod_nl.set_up(inner.index, true)?;
+    pod_nl.add_address(inner.index, host32(spec.address), false)?;
+    pod_nl.add_route(
+        &Route::to(host32(GATEWAY), TABLE_MAIN)
+            .dev(inner.index)
+            .link_scope(),
+        true,
+    )?;
+    pod_nl.add_route(
+        &Route::to(default_net(), TABLE_MAIN)
+            .via(IpAddr::V4(GATEWAY))
+            .dev(inner.index),
+        true,
+    )?;
+    pod_nl.set_neighbour(inner.index, IpAddr::V4(GATEWAY), host.mac)?;
+    node_nl.set_up(host.index, true)?;
+    node_nl.add_route(
+        &Route::to(host32(spec.address), TABLE_MAIN)
+            .dev(host.index)
+            .link_scope(),
+        true,
+    )?;
+    for r in pod_rules(spec.address, spec.table) {
+        node_nl.add_rule(&r)?;
+    }
+    Ok(Wired {
+        host_mac: host.mac,
+        pod_mac: inner.mac,
+    })
+}
+
+/// What [`detach`] found and left.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Detached {
+    /// The pod's address: read off its interface, else the hint.
+    pub address: Option<Ipv4Addr>,
+    /// The host end, still there: its name and index.
+    pub host_end: Option<(String, u32)>,
+}
+
+/// Cuts the pod off the node, quickly: the node's rules for its address and the /32 route to
+/// its host end go; the veth pair stays for [`unlink`] (deleting a veth waits for the kernel's
+/// RCU grace period, tens of milliseconds). The address is read off the pod's interface when its
+/// namespace is still there, else `address` (prevResult's) is used. Idempotent.
+pub fn detach(
+    netns: Option<&Path>,
+    ifname: &str,
+    host_veth: &str,
+    address: Option<Ipv4Addr>,
+) -> Result<Detached, PodError> {
+    let mut found = None;
+    if let Some(path) = netns
+        && let Ok(pod) = NetNs::open(path)
+    {
+        let mut pod_nl = netlink_in(&pod)?;
+        if let Some(l) = pod_nl.link_by_name(ifname)? {
+            found = pod_nl
+                .addresses()?
+                .into_iter()
+                .filter(|a| a.index == l.index)
+                .find_map(|a| match a.net {
+                    IpNet::V4(n) if n.prefix_len() == 32 => Some(n.addr()),
+                    _ => None,
+                });
+        }
+    }
+    let mut node_nl = Netlink::open()?;
+    let address = found.or(address);
+    if let Some(a) = address {
+        remove_rules(&mut node_nl, a)?;
+    }
+    let host = node_nl.link_by_name(host_veth)?;
+    if let (Some(a), Some(l)) = (address, &host) {
+        let r = Route::to(host32(a), TABLE_MAIN).dev(l.index).link_scope();
+        match node_nl.del_route(&r) {
+            Err(e) if !e.missing() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(Detached {
+        address,
+        host_end: host.map(|l| (l.name, l.index)),
+    })
+}
+
+/// Deletes the host end `name` if it is still the link `index` (a link of that name with
+/// another index is a newer pod's). The pod's side goes with it. Returns whether it deleted.
+pub fn unlink(nl: &mut Netlink, name: &str, index: u32) -> Result<bool, PodError> {
+    match nl.link_by_name(name)? {
+        Some(l) if l.index == index && l.kind.as_deref() == Some("veth") => {
+            match nl.del_link(l.index) {
+                Err(e) if !e.missing() => Err(e.into()),
+                _ => Ok(true),
+            }
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Removes the pod's wiring at once: [`detach`], then [`unlink`] of the host end (or of the pod's
+/// interface when the host end is already gone). Idempotent; returns the address found.
+pub fn teardown(
+    netns: Option<&Path>,
+    ifname: &str,
+    host_veth: &str,
+    address: Option<Ipv4Addr>,
+) -> Result<Option<Ipv4Addr>, PodError> {
+    let d = detach(netns, ifname, host_veth, address)?;
+    match &d.host_end {
+        Some((name, index)) => {
+            unlink(&mut Netlink::open()?, name, *index)?;
+        }
+        None => {
+            if let Some(path) = netns
+                && let Ok(pod) = NetNs::open(path)
+            {
+                let mut pod_nl = netlink_in(&pod)?;
+                if let Some(l) = pod_nl.link_by_name(ifname)? {
+                    match pod_nl.del_link(l.index) {
+                        Err(e) if !e.missing() => return Err(e.into()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(d.address)
+}
+
+/// Removes the node's pod rules (512, 1536, any table) for `address`.
+pub fn remove_rules(nl: &mut Netlink, address: Ipv4Addr) -> Result<(), PodError> {
+    let me = host32(address);
+    for r in nl.rules(false)? {
+        let ours = (r.priority == PRIO_TO_POD && r.to == Some(me))
+            || (r.priority == PRIO_FROM_POD && r.from == Some(me));
+        if ours {
+            match nl.del_rule(&r) {
+                Err(e) if !e.missing() => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the wiring against what ADD made: the pod's interface with its /32, its routes and
+/// gateway neighbour; the host end up with the /32 route; the rules.
+pub fn check(spec: &PodSpec) -> Result<(), PodError> {
+    let pod = NetNs::open(spec.netns)?;
+    let mut pod_nl = netlink_in(&pod)?;
+    let mut node_nl = Netlink::open()?;
+    let inner = find(&mut pod_nl, spec.ifname, "the pod's interface")?;
+    let host = find(&mut node_nl, spec.host_veth, "the host end")?;
+    let missing = |what: String| Err(PodError::Missing(what));
+    if !pod_nl
+        .addresses()?
+        .iter()
+        .any(|a| a.index == inner.index && a.net == host32(spec.address))
+    {
+        return missing(format!("{} has no {}/32", spec.ifname, spec.address));
+    }
+    let routes = pod_nl.routes(false)?;
+    let has = |dst: IpNet, gw: Option<IpAddr>| {
+        routes.iter().any(|r| {
+            r.table == TABLE_MAIN && r.dst == dst && r.gateway == gw && r.oif == Some(inner.index)
+        })
+    };
+    if !has(host32(GATEWAY), None) || !has(default_net(), Some(IpAddr::V4(GATEWAY))) {
+        return missing(format!("the pod's routes via {GATEWAY} are not there"));
+    }
+    if !pod_nl
+        .permanent_neighbours()?
+        .iter()
+        .any(|(i, ip, mac)| *i == inner.index && *ip == IpAddr::V4(GATEWAY) && *mac == host.mac)
+    {
+        return missing(format!(
+            "the pod's neighbour entry for {GATEWAY} is not there"
+        ));
+    }
+    if !host.up {
+        return missing(format!("{} is down", spec.host_veth));
+    }
+    if !node_nl.routes(false)?.iter().any(|r| {
+        r.table == TABLE_MAIN && r.dst == host32(spec.address) && r.oif == Some(host.index)
+    }) {
+        return missing(format!(
+            "the node has no route {}/32 dev {}",
+            spec.address, spec.host_veth
+        ));
+    }
+    let rules = node_nl.rules(false)?;
+    for want in pod_rules(spec.address, spec.table) {
+        if !rules.iter().any(|r| {
+            r.priority == want.priority
+                && r.table == want.table
+                && r.from == want.from
+                && r.to == want.to
+        }) {
+            return missing(format!("the node has no rule {want:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Host ends named with `prefix` whose pod address is not in `keep`, with that address: what a
+/// CNI GC removes (with their rules).
+pub fn leftovers(
+    nl: &mut Netlink,
+    prefix: &str,
+    keep: &[Ipv4Addr],
+) -> Result<Vec<(Link, Option<Ipv4Addr>)>, PodError> {
+    let routes = nl.routes(false)?;
+    let mut out = Vec::new();
+    for l in nl.links()? {
+        if !l.name.starts_with(prefix) || l.kind.as_deref() != Some("veth") {
+            continue;
+        }
+        let addr = routes.iter().find_map(|r| match r.dst {
+            IpNet::V4(n)
+                if r.table == TABLE_MAIN && r.oif == Some(l.index) && n.prefix_len() == 32 =>
+            {
+                Some(n.addr())
+            }
+            _ => None,
+        });
+        if addr.is_none_or(|a| !keep.contains(&a)) {
+            out.push((l, addr));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_the_vpc_cnis() {
+        // eni + sha1("default.web-1")[..11]
+        let n = host_veth_name("eni", "default", "web-1", "c1");
+        assert_eq!(n, format!("eni{}", &sha1::hex(b"default.web-1")[..11]));
+        assert_eq!(n.len(), 14);
+        assert_ne!(n, host_veth_name("eni", "default", "web-2", "c1"));
+        // No pod: the container id.
+        assert_eq!(
+            host_veth_name("eni", "", "", "abc"),
+            format!("eni{}", &sha1::hex(b"abc")[..11])
+        );
+    }
+
+    #[test]
+    fn rules_for_primary_and_secondary_enis() {
+        let a: Ipv4Addr = "10.0.0.17".parse().unwrap();
+        assert_eq!(pod_rules(a, TABLE_MAIN).len(), 1);
+        let r = pod_rules(a, 2);
+        assert_eq!(r[1].priority, PRIO_FROM_POD);
+        assert_eq!(r[1].table, 2);
+        assert_eq!(r[1].from, Some(host32(a)));
+    }
+}
