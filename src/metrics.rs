@@ -66,7 +66,8 @@ pub struct Metrics {
     fallback: Gauge,
     prefix_unsupported: Gauge,
     checkpoint_latency: Histogram,
-    dropped_allocations: Counter,
+    stranded_total: Counter,
+    stranded: Gauge,
     leaked_enis_deleted: Counter,
     host_repairs: Family<RepairLabel, Counter>,
     host_errors: Counter,
@@ -96,7 +97,8 @@ impl Metrics {
             fallback: Gauge::default(),
             prefix_unsupported: Gauge::default(),
             checkpoint_latency: latency_histogram(),
-            dropped_allocations: Counter::default(),
+            stranded_total: Counter::default(),
+            stranded: Gauge::default(),
             leaked_enis_deleted: Counter::default(),
             host_repairs: Family::default(),
             host_errors: Counter::default(),
@@ -116,7 +118,8 @@ impl Metrics {
             "fallback_active" => m.fallback, "1 while secondary addresses are used because no prefix can be had";
             "prefix_delegation_unsupported" => m.prefix_unsupported, "1 when the EC2 endpoint assigned no prefix for an Assign that succeeded";
             "checkpoint_write_seconds" => m.checkpoint_latency, "Checkpoint write latency (write, fsync, rename)";
-            "dropped_allocations" => m.dropped_allocations, "Allocations dropped because their address left every attached prefix";
+            "allocations_stranded" => m.stranded_total, "Allocations stranded because EC2 stopped listing their block while the pod lived (kept until its DEL or GC)";
+            "stranded_allocations" => m.stranded, "Allocations stranded now: their pods live, their addresses are not attached, and no other pod gets them";
             "leaked_enis_deleted" => m.leaked_enis_deleted, "Leaked available ENIs deleted by the sweep";
             "host_repairs" => m.host_repairs, "Node data-plane objects (rule, route, nft, link) found missing and restored, or stale and removed";
             "host_errors" => m.host_errors, "Attempts to program the node's data plane that failed (retried)";
@@ -147,7 +150,8 @@ impl Metrics {
     }
 
     /// The pool's sizes.
-    pub fn pool(&self, t: Totals, enis: u32, pending: u32) {
+    pub fn pool(&self, t: Totals, enis: u32, pending: u32, stranded: u32) {
+        self.stranded.set(i64::from(stranded));
         for (state, v) in [
             ("total", t.addresses),
             ("assigned", t.assigned),
@@ -189,9 +193,9 @@ impl Metrics {
         self.checkpoint_latency.observe(took.as_secs_f64());
     }
 
-    /// Allocations dropped on load or resync.
-    pub fn dropped(&self, n: u64) {
-        self.dropped_allocations.inc_by(n);
+    /// Allocations stranded on load or resync.
+    pub fn stranded(&self, n: u64) {
+        self.stranded_total.inc_by(n);
     }
 
     /// Leaked ENIs deleted.

@@ -1,6 +1,8 @@
 //! Property tests over random interleavings of allocate / release / add and remove prefix and
 //! secondary address / time passing / failed checkpoint writes / crash and reload:
-//! * no address is ever held by two keys, and every held address lies in an attached block;
+//! * no address is ever held by two keys, and every held address lies in an attached block or
+//!   is stranded (its block was taken back while its pod lives): a prefix removed and added
+//!   again never gives a live pod's address to another;
 //! * a cooling address is never handed out;
 //! * allocate is idempotent, and every acknowledged allocation survives a crash;
 //! * a reloaded datastore equals the one before the crash.
@@ -64,23 +66,34 @@ fn ip(i: u8) -> Ipv4Addr {
 /// What the test knows from the answers it was given.
 #[derive(Default)]
 struct Model {
-    /// Acknowledged allocations.
+    /// Acknowledged allocations, stranded ones included (their pods live).
     held: HashMap<PodKey, Ipv4Addr>,
     /// Acknowledged releases: address → end of its cooldown.
     cooling_until: HashMap<Ipv4Addr, UnixMillis>,
 }
 
 impl Model {
+    /// A block went: its allocations are stranded (still held), its cooldowns dropped.
     fn forget_block(&mut self, contains: impl Fn(Ipv4Addr) -> bool) {
-        self.held.retain(|_, a| !contains(*a));
         self.cooling_until.retain(|a, _| !contains(*a));
     }
 
-    fn on_allocated(&mut self, k: &PodKey, addr: Ipv4Addr, new: bool, now: UnixMillis) {
-        if let Some(prev) = self.held.get(k) {
-            assert_eq!(*prev, addr, "allocate is not idempotent for {k}");
+    /// `stranded`: the key was stranded before the call (its re-ADD gets a new address).
+    fn on_allocated(
+        &mut self,
+        k: &PodKey,
+        addr: Ipv4Addr,
+        new: bool,
+        now: UnixMillis,
+        stranded: bool,
+    ) {
+        if let Some(prev) = self.held.get(k).copied()
+            && !(stranded && new && prev != addr)
+        {
+            assert_eq!(prev, addr, "allocate is not idempotent for {k}");
             assert!(!new, "a repeat allocate of {k} claims to be new");
         } else {
+            self.held.remove(k);
             assert!(new);
             if let Some(until) = self.cooling_until.get(&addr) {
                 assert!(
@@ -121,25 +134,34 @@ fn run(ops: Vec<Op>) {
     let mut now = UnixMillis(1_000);
     for op in ops {
         match op {
-            Op::Allocate(i) => match store.allocate(key(i), PodInfo::default(), now) {
-                Ok(a) => model.on_allocated(&key(i), a.address, a.new, now),
-                Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
-                    assert!(!model.held.contains_key(&key(i)));
+            Op::Allocate(i) => {
+                let stranded = store.datastore().is_stranded(&key(i));
+                match store.allocate(key(i), PodInfo::default(), now) {
+                    Ok(a) => model.on_allocated(&key(i), a.address, a.new, now, stranded),
+                    Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
+                        assert!(stranded || !model.held.contains_key(&key(i)));
+                    }
+                    Err(StoreError::Checkpoint(_)) => {}
+                    Err(e) => panic!("allocate: {e}"),
                 }
-                Err(StoreError::Checkpoint(_)) => {}
-                Err(e) => panic!("allocate: {e}"),
-            },
-            Op::Release(i) => match store.release(&key(i), now) {
-                Ok(a) => {
-                    assert_eq!(model.held.remove(&key(i)), Some(a.address));
-                    model.cooling_until.insert(a.address, now.plus(COOLDOWN));
+            }
+            Op::Release(i) => {
+                let stranded = store.datastore().is_stranded(&key(i));
+                match store.release(&key(i), now) {
+                    Ok(a) => {
+                        assert_eq!(model.held.remove(&key(i)), Some(a.address));
+                        // A stranded address is in no block, and so does not cool.
+                        if !stranded {
+                            model.cooling_until.insert(a.address, now.plus(COOLDOWN));
+                        }
+                    }
+                    Err(StoreError::Datastore(DatastoreError::NotFound(_))) => {
+                        assert!(!model.held.contains_key(&key(i)));
+                    }
+                    Err(StoreError::Checkpoint(_)) => {}
+                    Err(e) => panic!("release: {e}"),
                 }
-                Err(StoreError::Datastore(DatastoreError::NotFound(_))) => {
-                    assert!(!model.held.contains_key(&key(i)));
-                }
-                Err(StoreError::Checkpoint(_)) => {}
-                Err(e) => panic!("release: {e}"),
-            },
+            }
             Op::AddPrefix(i) => {
                 let _ = store.apply(
                     Change::AddPrefix {
@@ -195,6 +217,11 @@ fn run(ops: Vec<Op>) {
                         }
                     })
                     .collect();
+                let stranded: std::collections::HashSet<u8> = items
+                    .iter()
+                    .map(|(_, i)| *i)
+                    .filter(|i| store.datastore().is_stranded(&key(*i)))
+                    .collect();
                 let results = store.apply_batch(changes, now);
                 let mut pending_model = Vec::new();
                 for ((alloc, i), r) in items.iter().zip(results) {
@@ -209,12 +236,16 @@ fn run(ops: Vec<Op>) {
                         (_, Err(_)) => {}
                     }
                 }
+                let mut was_stranded = stranded;
                 for (alloc, i, addr, new) in pending_model {
+                    let s = was_stranded.remove(&i);
                     if alloc {
-                        model.on_allocated(&key(i), addr, new, now);
+                        model.on_allocated(&key(i), addr, new, now, s);
                     } else {
                         assert_eq!(model.held.remove(&key(i)), Some(addr));
-                        model.cooling_until.insert(addr, now.plus(COOLDOWN));
+                        if !s {
+                            model.cooling_until.insert(addr, now.plus(COOLDOWN));
+                        }
                     }
                 }
             }
@@ -239,6 +270,7 @@ fn run(ops: Vec<Op>) {
         ds.check_invariants().unwrap();
         let actual: HashMap<PodKey, Ipv4Addr> = ds
             .allocations()
+            .chain(ds.stranded())
             .map(|(k, a)| (k.clone(), a.address))
             .collect();
         assert_eq!(
@@ -249,6 +281,7 @@ fn run(ops: Vec<Op>) {
         let on_disk = reload(&store.sink().bytes);
         let disk: HashMap<PodKey, Ipv4Addr> = on_disk
             .allocations()
+            .chain(on_disk.stranded())
             .map(|(k, a)| (k.clone(), a.address))
             .collect();
         assert_eq!(
@@ -294,7 +327,7 @@ mod on_disk {
                         let before = store.datastore().clone();
                         drop(store);
                         let (s, report) = Store::open(&path, COOLDOWN, false, now).unwrap();
-                        prop_assert!(report.dropped.is_empty());
+                        prop_assert!(report.stranded.is_empty());
                         prop_assert_eq!(s.datastore(), &before);
                         store = s;
                     }

@@ -94,7 +94,7 @@ pub const CHECKPOINT_PATH: Setting = Setting::new(
 pub const DISCARD_CHECKPOINT: Setting = Setting::new(
     "DISCARD_CHECKPOINT",
     "false",
-    "move an unreadable checkpoint aside and start empty (never done without it)",
+    "move a checkpoint that cannot be used (corrupt, of another version) aside and start empty; a readable one is always kept",
 );
 /// SOCKET_PATH.
 pub const SOCKET_PATH: Setting = Setting::new(
@@ -195,13 +195,109 @@ pub struct AgentConfig {
     pub metrics_bind_address: SocketAddr,
 }
 
+/// Longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+fn kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a regular file"
+    }
+}
+
+/// A path whose parent, when it exists, is a directory: the start refuses what could only
+/// hang (a FIFO opened for reading) or fail later (a directory), naming the setting.
+fn checked_path(v: &Values, s: &Setting) -> Result<PathBuf, ConfigError> {
+    let text = v.value(s).unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(s.var, text, "it is empty; set a path"));
+    }
+    let path = PathBuf::from(text);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(m) = std::fs::metadata(dir)
+        && !m.is_dir()
+    {
+        return Err(ConfigError::new(
+            s.var,
+            text,
+            format!(
+                "its parent {} is {}, not a directory",
+                dir.display(),
+                kind(&m)
+            ),
+        ));
+    }
+    Ok(path)
+}
+
+/// A regular file's path (absent is fine: it is created).
+fn file_path(v: &Values, s: &Setting) -> Result<PathBuf, ConfigError> {
+    let path = checked_path(v, s)?;
+    if let Ok(m) = std::fs::symlink_metadata(&path)
+        && !m.is_file()
+    {
+        return Err(ConfigError::new(
+            s.var,
+            &path.display().to_string(),
+            format!("it is {}; set the path of a regular file", kind(&m)),
+        ));
+    }
+    Ok(path)
+}
+
+/// SOCKET_PATH: short enough for a Unix socket, and a socket when it exists (a stale one is
+/// replaced; anything else is never removed).
+fn socket_path(v: &Values) -> Result<PathBuf, ConfigError> {
+    let path = checked_path(v, &SOCKET_PATH)?;
+    let shown = path.display().to_string();
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(ConfigError::new(
+            SOCKET_PATH.var,
+            &shown,
+            format!(
+                "it is {} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+                path.as_os_str().len()
+            ),
+        ));
+    }
+    if let Ok(m) = std::fs::symlink_metadata(&path)
+        && !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
+    {
+        return Err(ConfigError::new(
+            SOCKET_PATH.var,
+            &shown,
+            format!(
+                "it is {}, not a socket; remove it or set another path",
+                kind(&m)
+            ),
+        ));
+    }
+    Ok(path)
+}
+
+const ZERO: Duration = Duration::ZERO;
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+
 impl AgentConfig {
     /// Reads every setting of [`TABLES`] from `v`; absent names take their defaults.
     pub fn from_lookup(v: &Values) -> Result<Self, ConfigError> {
         let address = "an address and port, e.g. 127.0.0.1:61679";
         let max_pods = match v.value(&MAX_PODS) {
             None => None,
-            Some(_) => Some(v.positive_count(&MAX_PODS, 65_535)?),
+            Some(_) => Some(v.positive_count(&MAX_PODS, crate::ipc::MAX_ATTACHMENTS)?),
         };
         Ok(Self {
             pool: PoolConfig::from_lookup(v)?,
@@ -212,19 +308,19 @@ impl AgentConfig {
             pod_subnet_ids: v.list(&POD_SUBNET_IDS, "subnet ids, subnet- and hex")?,
             secondary_ip_fallback: v.bool(&SECONDARY_IP_FALLBACK)?,
             disable_provisioning: v.bool(&DISABLE_NETWORK_RESOURCE_PROVISIONING)?,
-            reconcile_interval: v.positive_duration(&RECONCILE_INTERVAL)?,
-            release_delay: v.duration(&RELEASE_DELAY)?,
-            insufficient_cidr_cooldown: v.duration(&INSUFFICIENT_CIDR_COOLDOWN)?,
-            pool_tick: v.positive_duration(&POOL_TICK)?,
-            leak_sweep_interval: v.positive_duration(&LEAK_SWEEP_INTERVAL)?,
-            leaked_eni_age: v.duration(&LEAKED_ENI_AGE)?,
+            reconcile_interval: v.duration_in(&RECONCILE_INTERVAL, SECOND, DAY)?,
+            release_delay: v.duration_in(&RELEASE_DELAY, ZERO, DAY)?,
+            insufficient_cidr_cooldown: v.duration_in(&INSUFFICIENT_CIDR_COOLDOWN, ZERO, DAY)?,
+            pool_tick: v.duration_in(&POOL_TICK, Duration::from_millis(10), MINUTE * 10)?,
+            leak_sweep_interval: v.duration_in(&LEAK_SWEEP_INTERVAL, SECOND, DAY)?,
+            leaked_eni_age: v.duration_in(&LEAKED_ENI_AGE, ZERO, DAY * 7)?,
             cluster_name: v
                 .value(&CLUSTER_NAME)
                 .map(str::to_owned)
                 .filter(|c| !c.is_empty()),
-            checkpoint_path: PathBuf::from(v.value(&CHECKPOINT_PATH).unwrap_or_default()),
+            checkpoint_path: file_path(v, &CHECKPOINT_PATH)?,
             discard_checkpoint: v.bool(&DISCARD_CHECKPOINT)?,
-            socket_path: PathBuf::from(v.value(&SOCKET_PATH).unwrap_or_default()),
+            socket_path: socket_path(v)?,
             introspection_bind_address: v.parsed(&INTROSPECTION_BIND_ADDRESS, address)?,
             metrics_bind_address: v.parsed(&METRICS_BIND_ADDRESS, address)?,
         })
@@ -255,6 +351,14 @@ mod tests {
             ("EC2_API_BURST", "0"),
             ("RELEASE_DELAY", "soon"),
             ("POOL_TICK", "0s"),
+            ("RECONCILE_INTERVAL", "18446744073709551615s"),
+            ("RECONCILE_INTERVAL", "5124095576030431h"),
+            ("RECONCILE_INTERVAL", "2d"),
+            ("RELEASE_DELAY", "25h"),
+            ("LEAK_SWEEP_INTERVAL", "0s"),
+            ("EC2_API_QPS", "1e-300"),
+            ("EC2_API_QPS", "NaN"),
+            ("EC2_API_QPS", "inf"),
             ("POD_SUBNET_IDS", "subnet-1,vpc-2"),
             ("SECONDARY_IP_FALLBACK", "maybe"),
             ("INSTANCE_ID", "x-123"),
@@ -268,5 +372,34 @@ mod tests {
         assert_eq!(c.pod_subnet_ids.len(), 2);
         assert_eq!(c.max_pods, Some(9));
         assert!(AgentConfig::with([("WARM_PREFIX_TARGETS", "1")]).is_err());
+    }
+
+    #[test]
+    fn paths_of_the_wrong_kind_are_refused_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let fifo = d.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let file = d.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let long = d.join("s".repeat(120));
+        let under_file = file.join("agent.sock");
+        for (var, path, why) in [
+            ("CHECKPOINT_PATH", d.to_path_buf(), "a directory"),
+            ("CHECKPOINT_PATH", fifo.clone(), "a FIFO"),
+            ("CHECKPOINT_PATH", under_file.clone(), "not a directory"),
+            ("SOCKET_PATH", fifo.clone(), "a FIFO"),
+            ("SOCKET_PATH", file.clone(), "not a socket"),
+            ("SOCKET_PATH", long, "at most 107"),
+            ("SOCKET_PATH", under_file, "not a directory"),
+        ] {
+            let p = path.display().to_string();
+            let e = AgentConfig::with([(var, p.as_str())]).unwrap_err();
+            assert_eq!(e.var, var, "{e}");
+            assert!(e.to_string().contains(why), "{var}={p}: {e}");
+        }
+        // A regular checkpoint and an absent socket are fine.
+        let p = file.display().to_string();
+        AgentConfig::with([("CHECKPOINT_PATH", p.as_str())]).unwrap();
     }
 }

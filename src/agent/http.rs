@@ -208,9 +208,9 @@ pub fn metrics_router(m: Arc<Metrics>) -> Router {
     Router::new().route("/metrics", get(metrics)).with_state(m)
 }
 
-/// Serves `router` on `listener` until `stop` turns true.
+/// Serves `router` on `listener` until `stop` turns true, bounded ([`super::bounded`]).
 pub async fn serve(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
-    let _ = axum::serve(listener, router)
+    let _ = axum::serve(super::bounded::Bounded::new(listener), router)
         .with_graceful_shutdown(async move {
             let _ = stop.changed().await;
         })

@@ -12,8 +12,10 @@
 //! virtual time and no endpoints; the agent binary for the threaded pool, the checkpoint file,
 //! the socket and HTTP.
 
+mod bounded;
 pub mod config;
 pub mod http;
+pub mod lock;
 mod netplane;
 pub mod pool;
 pub mod reconcile;
@@ -64,6 +66,13 @@ pub enum AgentError {
         "cannot program the node's network: {0}; the agent needs CAP_NET_ADMIN, or set ENABLE_HOST_NETWORKING=false"
     )]
     Host(#[from] crate::hostnet::node::HostError),
+    /// Another agent holds the checkpoint or the socket.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    /// The last checkpoint write, at shutdown, failed (every acknowledged change was already
+    /// durable; the exit status says the shutdown was not clean).
+    #[error("final checkpoint write failed: {0}")]
+    FinalCheckpoint(String),
     /// A listener could not be bound.
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
@@ -277,8 +286,15 @@ impl<E: Ec2> AgentBuilder<E> {
         let metrics = metrics.unwrap_or_else(|| Arc::new(Metrics::new()));
         let clock = Clock::starting_at(epoch.unwrap_or_else(UnixMillis::now));
         let wake = Arc::new(Notify::new());
+        let status = Arc::new(Status::default());
+        let mut locks = Vec::new();
         let pool = match mode {
             PoolMode::Threaded => {
+                // One agent per checkpoint and per socket, before either is touched.
+                locks.push(lock::acquire("checkpoint", &cfg.checkpoint_path)?);
+                if serve {
+                    locks.push(lock::acquire("socket", &cfg.socket_path)?);
+                }
                 let (pool, report) = pool::start_threaded(
                     &cfg.checkpoint_path,
                     cfg.pool.cooldown,
@@ -286,25 +302,29 @@ impl<E: Ec2> AgentBuilder<E> {
                     clock,
                     wake.clone(),
                     metrics.clone(),
+                    status.clone(),
                 )?;
-                if !report.dropped.is_empty() {
+                if !report.stranded.is_empty() {
                     tracing::warn!(
-                        dropped = report.dropped.len(),
-                        "allocations outside attached prefixes were dropped from the checkpoint"
+                        stranded = report.stranded.len(),
+                        "checkpoint allocations outside attached blocks are kept stranded until their DEL or GC"
                     );
                 }
                 pool
             }
-            PoolMode::Inline => {
-                pool::start_inline(cfg.pool.cooldown, clock, wake.clone(), metrics.clone())
-            }
+            PoolMode::Inline => pool::start_inline(
+                cfg.pool.cooldown,
+                clock,
+                wake.clone(),
+                metrics.clone(),
+                status.clone(),
+            ),
         };
         if serve {
             // DELs that found the agent away: their pods' wiring is gone already.
             server::release_recorded(&pool, &crate::ipc::pending::dir_of(&cfg.socket_path)).await;
         }
         let node = discover(&ec2, &cfg, &instance).await?;
-        let status = Arc::new(Status::default());
         let (stop_tx, own_stop) = watch::channel(false);
         let (stop_tx, stop_rx) = match stop {
             Some(external) => (None, external),
@@ -366,6 +386,7 @@ impl<E: Ec2> AgentBuilder<E> {
             stop: stop_tx,
             tasks,
             socket,
+            _locks: locks,
         })
     }
 }
@@ -431,6 +452,8 @@ pub struct Agent {
     stop: Option<watch::Sender<bool>>,
     tasks: Vec<JoinHandle<()>>,
     socket: Option<JoinHandle<()>>,
+    /// Held until the agent is dropped (after the final checkpoint write).
+    _locks: Vec<lock::Lock>,
 }
 
 impl Agent {

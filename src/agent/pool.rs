@@ -31,6 +31,12 @@ use crate::core::{
 };
 use crate::metrics::Metrics;
 
+use super::status::Status;
+
+/// How often a failing checkpoint is tried again while nothing else writes it (readiness
+/// returns once a write succeeds).
+const CHECKPOINT_PROBE: Duration = Duration::from_secs(1);
+
 /// Why a pool request failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PoolError {
@@ -43,6 +49,9 @@ pub enum PoolError {
     /// The owner has stopped (shutdown).
     #[error("the pool owner has stopped")]
     Stopped,
+    /// A DEL of the same attachment arrived while the ADD waited: the pod is gone.
+    #[error("cancelled by a DEL of the same attachment")]
+    Cancelled,
 }
 
 enum Cmd {
@@ -131,6 +140,7 @@ pub struct PoolHandle {
 #[derive(Debug, Default)]
 struct Counters {
     pending: AtomicU32,
+    stranded: AtomicU32,
     writes: AtomicU64,
 }
 
@@ -182,12 +192,20 @@ pub(super) fn start_threaded(
     clock: Clock,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    status: Arc<Status>,
 ) -> Result<(PoolHandle, LoadReport), CheckpointError> {
     let (store, report) = Store::open(checkpoint, cooldown, discard, clock.now())?;
-    metrics.dropped(report.dropped.len() as u64);
+    metrics.stranded(report.stranded.len() as u64);
     let (tx, rx) = mpsc::channel();
     let counters = Arc::new(Counters::default());
-    let owner = Owner::new(store.boxed(), counters.clone(), wake, metrics, clock);
+    let owner = Owner::new(
+        store.boxed(),
+        counters.clone(),
+        wake,
+        metrics,
+        clock,
+        status,
+    );
     std::thread::Builder::new()
         .name("prefixd-pool".into())
         .spawn(move || owner.run(rx))
@@ -212,13 +230,14 @@ pub(super) fn start_inline(
     clock: Clock,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    status: Arc<Status>,
 ) -> PoolHandle {
     let counters = Arc::new(Counters::default());
     let store = Store::new(
         Datastore::new(cooldown),
         Box::new(MemoryCheckpoint::default()) as Box<dyn CheckpointSink + Send>,
     );
-    let owner = Owner::new(store, counters.clone(), wake, metrics, clock);
+    let owner = Owner::new(store, counters.clone(), wake, metrics, clock, status);
     PoolHandle {
         link: Link::Inline(Arc::new(Mutex::new(owner))),
         counters,
@@ -241,6 +260,11 @@ impl PoolHandle {
     /// ADDs waiting for an address.
     pub fn pending(&self) -> u32 {
         self.counters.pending.load(Ordering::Relaxed)
+    }
+
+    /// Allocations stranded now (their pods live; EC2 no longer lists their blocks).
+    pub fn stranded(&self) -> u32 {
+        self.counters.stranded.load(Ordering::Relaxed)
     }
 
     /// Checkpoint writes since start.
@@ -330,6 +354,12 @@ struct Owner {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     clock: Clock,
+    status: Arc<Status>,
+    /// The last checkpoint write failed (and nothing has been written since).
+    failing: bool,
+    /// Allocations made for ADDs whose caller had gone by the time the answer was ready:
+    /// released in the next batch, so that nothing is held for a pod that never got it.
+    orphans: Vec<PodKey>,
 }
 
 type ApplyReply = oneshot::Sender<Vec<Result<Outcome, StoreError>>>;
@@ -339,6 +369,8 @@ enum Route {
     Allocate(Waiter),
     Release(oneshot::Sender<Result<Option<Ipv4Addr>, PoolError>>),
     Gc,
+    /// The release of an allocation nobody took.
+    Orphan(PodKey),
     Apply(usize),
 }
 
@@ -349,6 +381,7 @@ impl Owner {
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
         clock: Clock,
+        status: Arc<Status>,
     ) -> Self {
         Self {
             store,
@@ -357,18 +390,47 @@ impl Owner {
             wake,
             metrics,
             clock,
+            status,
+            failing: false,
+            orphans: Vec::new(),
+        }
+    }
+
+    /// Answers an ADD; an answer nobody takes (the caller went away) is undone, when the
+    /// allocation is new.
+    fn answer_add(&mut self, w: Waiter, a: crate::core::Allocated) {
+        let lease = leased(self.store.datastore(), a.address);
+        if w.reply.send(Ok(lease)).is_err() && a.new {
+            tracing::info!(pod.key = %w.key, address = %a.address, "the ADD's caller went away: releasing its address");
+            self.orphans.push(w.key);
+        }
+    }
+
+    /// Records whether the checkpoint can be written, for readiness and ADDs.
+    fn checkpoint_health(&mut self, error: Option<&StoreError>) {
+        let failing = error.is_some();
+        if failing != self.failing {
+            self.failing = failing;
+            let why = error.map(|e| e.to_string());
+            self.status.update(|s| s.checkpoint_error = why);
         }
     }
 
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut last_probe = std::time::Instant::now();
         loop {
-            let first = if self.waiters.is_empty() {
+            let first = if self.waiters.is_empty() && !self.failing && self.orphans.is_empty() {
                 match rx.recv() {
                     Ok(c) => Some(c),
                     Err(_) => break,
                 }
             } else {
-                match rx.recv_timeout(Duration::from_millis(50)) {
+                let wait = if self.failing {
+                    CHECKPOINT_PROBE
+                } else {
+                    Duration::from_millis(50)
+                };
+                match rx.recv_timeout(wait) {
                     Ok(c) => Some(c),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -381,6 +443,11 @@ impl Owner {
                     Err(_) => break,
                 }
             }
+            // Commands keep coming (the loop's queries): probe by the clock, not on silence.
+            if self.failing && last_probe.elapsed() >= CHECKPOINT_PROBE {
+                last_probe = std::time::Instant::now();
+                self.probe();
+            }
             self.handle(cmds);
         }
         for w in self.waiters.drain(..) {
@@ -388,10 +455,25 @@ impl Owner {
         }
     }
 
+    /// Tries the failing checkpoint again.
+    fn probe(&mut self) {
+        match self.store.flush() {
+            Ok(()) => {
+                tracing::info!("the checkpoint can be written again");
+                self.checkpoint_health(None);
+            }
+            Err(e) => tracing::debug!(error = %e, "checkpoint still cannot be written"),
+        }
+    }
+
     fn handle(&mut self, cmds: Vec<Cmd>) {
         let now = self.clock.now();
         let mut changes = Vec::new();
         let mut routes = Vec::new();
+        for key in std::mem::take(&mut self.orphans) {
+            changes.push(Change::Release { key: key.clone() });
+            routes.push(Route::Orphan(key));
+        }
         let mut applies: Vec<(ApplyReply, Vec<Result<Outcome, StoreError>>)> = Vec::new();
         let mut gcs = Vec::new();
         let mut queries = Vec::new();
@@ -404,6 +486,11 @@ impl Owner {
                     timeout,
                     reply,
                 } => {
+                    if reply.is_closed() {
+                        // The plugin went away before its turn (the runtime killed it).
+                        tracing::debug!(pod.key = %key, "the ADD's caller went away: not allocating");
+                        continue;
+                    }
                     changes.push(Change::Allocate {
                         key: key.clone(),
                         pod: pod.clone(),
@@ -417,6 +504,17 @@ impl Owner {
                     }));
                 }
                 Cmd::Release { key, reply } => {
+                    // An ADD of the same attachment still waiting is for a pod that is gone.
+                    let mut i = 0;
+                    while i < self.waiters.len() {
+                        if self.waiters[i].key == key {
+                            let w = self.waiters.remove(i).expect("in range");
+                            tracing::info!(pod.key = %key, "a DEL cancelled the waiting ADD");
+                            let _ = w.reply.send(Err(PoolError::Cancelled));
+                        } else {
+                            i += 1;
+                        }
+                    }
                     changes.push(Change::Release { key });
                     routes.push(Route::Release(reply));
                 }
@@ -429,6 +527,7 @@ impl Owner {
                         .store
                         .datastore()
                         .allocations()
+                        .chain(self.store.datastore().stranded())
                         .filter(|(k, _)| k.network() == network && !keep.contains(*k))
                         .map(|(k, _)| k.clone())
                         .collect();
@@ -455,10 +554,10 @@ impl Owner {
             let results = self.apply(changes, now);
             for (route, r) in routes.into_iter().zip(results) {
                 match route {
+                    // An ADD whose caller is gone before it is tried is not tried: undone
+                    // below if it was (the caller left during the batch).
                     Route::Allocate(w) => match r {
-                        Ok(Outcome::Allocated(a)) => {
-                            let _ = w.reply.send(Ok(leased(self.store.datastore(), a.address)));
-                        }
+                        Ok(Outcome::Allocated(a)) => self.answer_add(w, a),
                         Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
                             tracing::debug!(pod.key = %w.key, "no free address: waiting for the pool to grow");
                             self.waiters.push_back(w);
@@ -477,6 +576,13 @@ impl Owner {
                             Ok(o) => unreachable!("release gave {o:?}"),
                         });
                     }
+                    Route::Orphan(key) => match r {
+                        Err(StoreError::Checkpoint(_)) => self.orphans.push(key),
+                        Err(e) => {
+                            tracing::debug!(pod.key = %key, error = %e, "orphan already gone")
+                        }
+                        Ok(_) => {}
+                    },
                     Route::Gc => {
                         if let Err(e) = r
                             && !matches!(e, StoreError::Datastore(DatastoreError::NotFound(_)))
@@ -521,6 +627,12 @@ impl Owner {
         let r = self.store.apply_batch(changes, now);
         if self.store.writes() > writes {
             self.metrics.checkpoint_write(t.elapsed());
+            self.checkpoint_health(None);
+        } else if let Some(Err(e)) = r
+            .iter()
+            .find(|x| matches!(x, Err(StoreError::Checkpoint(_))))
+        {
+            self.checkpoint_health(Some(&e.clone()));
         }
         r
     }
@@ -533,6 +645,7 @@ impl Owner {
         let mut live = VecDeque::new();
         for w in self.waiters.drain(..) {
             if w.reply.is_closed() {
+                tracing::debug!(pod.key = %w.key, "the waiting ADD's caller went away: not allocating");
                 continue;
             }
             if w.deadline <= now {
@@ -554,9 +667,7 @@ impl Owner {
         let results = self.apply(changes, self.clock.now());
         for (w, r) in live.into_iter().zip(results) {
             match r {
-                Ok(Outcome::Allocated(a)) => {
-                    let _ = w.reply.send(Ok(leased(self.store.datastore(), a.address)));
-                }
+                Ok(Outcome::Allocated(a)) => self.answer_add(w, a),
                 Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
                     self.waiters.push_back(w)
                 }
@@ -638,7 +749,14 @@ impl Owner {
             .writes
             .store(self.store.writes(), Ordering::Relaxed);
         let ds = self.store.datastore();
-        self.metrics
-            .pool(Totals::of(ds), ds.enis().len() as u32, pending);
+        self.counters
+            .stranded
+            .store(ds.stranded().count() as u32, Ordering::Relaxed);
+        self.metrics.pool(
+            Totals::of(ds),
+            ds.enis().len() as u32,
+            pending,
+            ds.stranded().count() as u32,
+        );
     }
 }

@@ -1,8 +1,14 @@
 //! The agent side of the plugin socket: one request, one reply per connection; peers must be
 //! root (or the agent's own user), checked with SO_PEERCRED; the socket file is mode 0600.
+//!
+//! Bounded everywhere: at most [`MAX_CONNECTIONS`] at once (more are closed at once), a
+//! request must arrive within [`READ_TIMEOUT`] ([`UNTRUSTED_TIMEOUT`] and [`MAX_UNTRUSTED`]
+//! bytes for a peer that is refused anyway), accept errors back off instead of spinning, and
+//! an ADD ends when its caller goes away, when a DEL of the same attachment arrives, or at
+//! once with "try again" when the agent stops.
 
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,12 +22,19 @@ use super::pool::{Leased, PoolError, PoolHandle};
 use super::status::Status;
 use crate::core::PodInfo;
 use crate::ipc::{
-    ErrorKind, HostEnd, MAX_MESSAGE, Op, PROTOCOL_VERSION, PodNet, Reply, Request, pending,
+    ErrorKind, HostEnd, MAX_MESSAGE, MAX_UNTRUSTED, Op, PROTOCOL_VERSION, PodNet, Reply, Request,
+    pending,
 };
 use crate::metrics::Metrics;
 
 /// Longest a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a peer that is not root may hold a connection.
+pub const UNTRUSTED_TIMEOUT: Duration = Duration::from_millis(200);
+/// Most connections served at once; more are closed unanswered (the plugin retries).
+pub const MAX_CONNECTIONS: usize = 512;
+/// Longest pause after a failed accept (EMFILE and the like), doubling from 10 ms.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Longest ADD wait the agent accepts from a client.
 const MAX_ADD_WAIT: Duration = Duration::from_secs(300);
 
@@ -91,35 +104,80 @@ pub(super) async fn run(
         _ = stop.changed() => return,
     }
     match bind(&path) {
-        Ok(l) => {
+        Ok((l, id)) => {
             // Releases recorded while the agent was away go first: their addresses are free
             // before any ADD is answered.
             release_pending(&served).await;
-            served.status.update(|s| s.socket_up = true);
+            served.status.update(|s| {
+                s.socket_up = true;
+                s.socket = Some(id.clone());
+            });
             tracing::info!(socket = %path.display(), "serving the plugin socket");
             serve(l, served.clone(), stop).await;
             served.status.update(|s| s.socket_up = false);
-            let _ = std::fs::remove_file(&path);
+            // Only the socket this agent made: never another agent's, nor what replaced it.
+            if id.is_at(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
         }
         Err(e) => {
-            tracing::error!(socket = %path.display(), error = %e, "cannot bind the plugin socket")
+            tracing::error!(socket = %path.display(), error = %e, "cannot bind the plugin socket");
+            served
+                .status
+                .update(|s| s.socket_error = Some(format!("cannot bind {}: {e}", path.display())));
         }
     }
 }
 
-/// Binds the socket (replacing a stale file), mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Which file a bound socket is: a path replaced or removed since is not it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketId {
+    /// The path.
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketId {
+    /// Whether `path` is still this socket.
+    pub fn is_at(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino)
+    }
+}
+
+/// Binds the socket, mode 0600. A stale socket file is replaced (the agent holds the socket's
+/// lock, so no live agent serves it); anything else at the path is refused, never removed.
+pub fn bind(path: &Path) -> std::io::Result<(UnixListener, SocketId)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(m) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket ({:?}); remove it or set SOCKET_PATH elsewhere",
+                    path.display(),
+                    m.file_type()
+                ),
+            ));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    let m = std::fs::symlink_metadata(path)?;
+    Ok((
+        l,
+        SocketId {
+            path: path.to_owned(),
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+    ))
 }
 
 /// How often the pending releases are looked at while serving (a DEL that raced the agent's
@@ -153,21 +211,51 @@ pub(super) async fn release_recorded(pool: &PoolHandle, dir: &Path) {
     }
 }
 
-/// Serves until `stop` turns true, then waits for the requests in flight.
+/// Serves until `stop` turns true, then waits for the requests in flight (ADDs still waiting
+/// for an address are answered "try again" at once).
 pub async fn serve(listener: UnixListener, served: Arc<Served>, mut stop: watch::Receiver<bool>) {
     let me = own_uid();
     let mut inflight = JoinSet::new();
     let mut pending_tick = tokio::time::interval(PENDING_EVERY);
     pending_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Duration::ZERO;
+    let mut refused = 0u64;
     loop {
         tokio::select! {
             _ = pending_tick.tick() => release_pending(&served).await,
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
+                    if !backoff.is_zero() {
+                        backoff = Duration::ZERO;
+                        served.status.update(|s| s.socket_error = None);
+                    }
+                    if inflight.len() >= MAX_CONNECTIONS {
+                        // Closed unanswered: the plugin sees a reset and retries.
+                        refused += 1;
+                        if refused.is_power_of_two() {
+                            tracing::warn!(refused, max = MAX_CONNECTIONS, "too many connections to the agent socket: closing new ones");
+                        }
+                        drop(stream);
+                        continue;
+                    }
                     let served = served.clone();
-                    inflight.spawn(async move { handle(stream, me, &served).await });
+                    let stop = stop.clone();
+                    inflight.spawn(async move { handle(stream, me, &served, stop).await });
                 }
-                Err(e) => tracing::warn!(error = %e, "accept on the agent socket failed"),
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS...: the condition lasts; spinning on it would
+                    // log millions of lines and starve everything else.
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
+                    if backoff < Duration::from_millis(20) || backoff == ACCEPT_BACKOFF_MAX {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "accept on the agent socket failed");
+                    }
+                    let why = e.to_string();
+                    served.status.update(|s| s.socket_error = Some(why));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
             },
             _ = stop.changed() => break,
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
@@ -187,13 +275,13 @@ fn own_uid() -> u32 {
         .unwrap_or(0)
 }
 
-async fn handle(mut stream: UnixStream, me: u32, served: &Served) {
+async fn handle(mut stream: UnixStream, me: u32, served: &Served, stop: watch::Receiver<bool>) {
     let reply = match stream.peer_cred() {
-        Ok(c) if c.uid() == 0 || c.uid() == me => request(&mut stream, served).await,
+        Ok(c) if c.uid() == 0 || c.uid() == me => request(&mut stream, served, stop).await,
         Ok(c) => {
-            // Take the (size- and time-bounded) request off the socket first, so that the
+            // Take the (small- and time-bounded) request off the socket first, so that the
             // refusal reaches the peer instead of a broken pipe.
-            let _ = read_request(&mut stream).await;
+            let _ = read_request(&mut stream, MAX_UNTRUSTED, UNTRUSTED_TIMEOUT).await;
             tracing::warn!(peer.uid = c.uid(), "refused a socket peer that is not root");
             Reply::error(
                 ErrorKind::BadRequest,
@@ -207,11 +295,21 @@ async fn handle(mut stream: UnixStream, me: u32, served: &Served) {
     };
     let mut bytes = serde_json::to_vec(&reply).expect("reply serializes");
     bytes.push(b'\n');
-    let _ = stream.write_all(&bytes).await;
-    let _ = stream.shutdown().await;
+    // A peer that does not read its answer does not hold the connection for ever.
+    let _ = tokio::time::timeout(READ_TIMEOUT, async {
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
-async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+/// Reads one request: up to its newline (or the peer's end of writing), at most `max` bytes,
+/// within `within`.
+async fn read_request(
+    stream: &mut UnixStream,
+    max: usize,
+    within: Duration,
+) -> Result<Request, String> {
     let mut buf = Vec::with_capacity(512);
     let read = async {
         let mut chunk = [0u8; 4096];
@@ -221,23 +319,43 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
                 return Ok::<(), String>(());
             }
             buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > MAX_MESSAGE {
-                return Err(format!("request larger than {MAX_MESSAGE} bytes"));
+            if buf.len() > max {
+                return Err(format!("request larger than {max} bytes"));
             }
             if buf.ends_with(b"\n") {
                 return Ok(());
             }
         }
     };
-    tokio::time::timeout(READ_TIMEOUT, read)
+    tokio::time::timeout(within, read)
         .await
-        .map_err(|_| "request not received within 5 s".to_owned())??;
+        .map_err(|_| format!("request not received within {within:?}"))??;
     serde_json::from_slice(&buf).map_err(|e| format!("malformed request: {e}"))
 }
 
-async fn request(stream: &mut UnixStream, served: &Served) -> Reply {
+/// Resolves when the caller has gone: its end closed (the plugin keeps the connection open
+/// until it has the answer), or it broke the protocol by writing more.
+async fn caller_gone(stream: &UnixStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut byte) {
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+async fn request(
+    stream: &mut UnixStream,
+    served: &Served,
+    mut stop: watch::Receiver<bool>,
+) -> Reply {
     let (pool, status, metrics) = (&served.pool, &served.status, &served.metrics);
-    let req = match read_request(stream).await {
+    let req = match read_request(stream, MAX_MESSAGE, READ_TIMEOUT).await {
         Ok(r) => r,
         Err(e) => return Reply::error(ErrorKind::BadRequest, e),
     };
@@ -270,7 +388,21 @@ async fn request(stream: &mut UnixStream, served: &Served) -> Reply {
                 namespace: pod_namespace,
                 name: pod_name,
             };
-            let r = pool.allocate(key.clone(), pod, timeout).await;
+            if *stop.borrow() {
+                return Reply::error(ErrorKind::Timeout, "the agent is stopping; try again");
+            }
+            // Dropping the allocation's future tells the pool owner: an ADD nobody waits for
+            // is not made, and one made meanwhile is released.
+            let r = tokio::select! {
+                r = pool.allocate(key.clone(), pod, timeout) => r,
+                () = caller_gone(stream) => {
+                    tracing::info!(pod.key = %key, "the ADD's caller went away");
+                    return Reply::error(ErrorKind::Timeout, "the caller went away");
+                }
+                _ = stop.wait_for(|s| *s) => {
+                    return Reply::error(ErrorKind::Timeout, "the agent is stopping; try again");
+                }
+            };
             metrics.add_latency(t.elapsed());
             match r {
                 Ok(l) => {
@@ -284,6 +416,10 @@ async fn request(stream: &mut UnixStream, served: &Served) -> Reply {
                 Err(PoolError::Timeout(d)) => Reply::error(
                     ErrorKind::Timeout,
                     format!("no address for {key} within {d:?}"),
+                ),
+                Err(PoolError::Cancelled) => Reply::error(
+                    ErrorKind::Timeout,
+                    format!("the ADD of {key} was cancelled by its DEL"),
                 ),
                 Err(e) => Reply::error(ErrorKind::Internal, e.to_string()),
             }

@@ -35,6 +35,13 @@ pub struct StatusView {
     pub host_error: Option<String>,
     /// Attached ENIs whose link has not appeared after the wait, by id and MAC.
     pub missing_links: Vec<String>,
+    /// Why the checkpoint cannot be written, while it cannot (every change would be undone).
+    pub checkpoint_error: Option<String>,
+    /// Why the plugin socket does not accept connections (gone, or out of file descriptors).
+    pub socket_error: Option<String>,
+    /// The socket this agent serves.
+    #[serde(skip)]
+    pub socket: Option<super::server::SocketId>,
 }
 
 /// Shared status.
@@ -60,6 +67,16 @@ impl Status {
         if !s.resynced {
             return Some("waiting for the first resync with EC2".into());
         }
+        if let Some(e) = &s.checkpoint_error {
+            return Some(format!(
+                "the checkpoint cannot be written ({e}); no change can be made durable"
+            ));
+        }
+        if let Some(e) = &s.socket_error {
+            return Some(format!(
+                "the plugin socket does not accept connections ({e})"
+            ));
+        }
         if let Some(e) = &s.host_error {
             return Some(format!(
                 "the node's data plane could not be programmed ({e}); retrying"
@@ -84,6 +101,15 @@ impl Status {
         let s = self.inner.lock().expect("status lock");
         if !s.socket_up {
             return Err("the plugin socket is not up yet".into());
+        }
+        if let Some(id) = &s.socket
+            && !id.is_at(&id.path)
+        {
+            return Err(format!(
+                "the plugin socket {} was removed or replaced: no plugin can reach this agent; \
+                 restart it",
+                id.path.display()
+            ));
         }
         if !s.missing_links.is_empty() {
             return Err(format!(

@@ -10,7 +10,8 @@ use crate::core::settings::Values;
 use crate::ec2::sdk::SdkEc2;
 use crate::metrics::Metrics;
 
-/// Runs the agent until SIGTERM: then drains, writes the checkpoint and returns.
+/// Runs the agent until SIGTERM: then drains, writes the checkpoint and returns (an error, so a
+/// non-zero exit, when that last write fails).
 pub fn run(values: &Values) -> Result<(), CliError> {
     let cfg = AgentConfig::from_lookup(values)?;
     runtime()?.block_on(async {
@@ -48,6 +49,7 @@ pub fn run(values: &Values) -> Result<(), CliError> {
         tracing::info!("stopping: draining requests and writing the checkpoint");
         if let Err(e) = agent.shutdown().await {
             tracing::error!(error = %e, "final checkpoint write failed");
+            return Err(crate::agent::AgentError::FinalCheckpoint(e.to_string()).into());
         }
         Ok(())
     })

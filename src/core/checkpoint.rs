@@ -89,6 +89,21 @@ pub enum CheckpointError {
     Injected(String),
 }
 
+impl CheckpointError {
+    /// Whether the file was read and cannot be used (corrupt, contradictory, of an unknown
+    /// version, too large): the only case the discard flag acts on. A file that could not be
+    /// read at all (permissions, I/O) is not discarded: that is the machine's problem.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(
+            self,
+            Self::Corrupt { .. }
+                | Self::Inconsistent { .. }
+                | Self::UnknownVersion { .. }
+                | Self::TooLarge { .. }
+        )
+    }
+}
+
 /// Version 1 of the checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,8 +166,8 @@ pub struct CooldownRecord {
 pub struct LoadReport {
     /// Allocations restored.
     pub restored: usize,
-    /// Allocations whose address lies in no attached prefix: dropped.
-    pub dropped: Vec<(PodKey, Ipv4Addr)>,
+    /// Allocations whose address lies in no attached block: kept stranded until their DEL.
+    pub stranded: Vec<(PodKey, Ipv4Addr)>,
     /// Cooldowns outside every attached block: dropped.
     pub dropped_cooldowns: usize,
 }
@@ -171,8 +186,11 @@ impl CheckpointV1 {
                 secondary_ips: e.secondary_ips.iter().copied().collect(),
             })
             .collect();
+        // Stranded allocations are written as any other: a restore strands them again, since no
+        // attached block holds them.
         let mut allocations: Vec<AllocationRecord> = ds
             .allocations()
+            .chain(ds.stranded())
             .map(|(k, a)| AllocationRecord {
                 key: k.clone(),
                 address: a.address,
@@ -231,7 +249,7 @@ impl CheckpointV1 {
             if ds.restore_allocation(a.key.clone(), alloc).map_err(bad)? {
                 report.restored += 1;
             } else {
-                report.dropped.push((a.key.clone(), a.address));
+                report.stranded.push((a.key.clone(), a.address));
             }
         }
         for c in &self.cooldowns {
@@ -472,7 +490,7 @@ mod tests {
         assert_eq!(back, ds);
         back.check_invariants().unwrap();
         assert_eq!(report.restored, 2);
-        assert!(report.dropped.is_empty());
+        assert!(report.stranded.is_empty());
     }
 
     #[test]
@@ -523,7 +541,7 @@ mod tests {
     }
 
     #[test]
-    fn allocations_outside_attached_prefixes_are_dropped_and_reported() {
+    fn allocations_outside_attached_blocks_are_stranded_kept_and_reported() {
         let mut cp = CheckpointV1::of(&sample());
         cp.allocations.push(AllocationRecord {
             key: PodKey::new("net", "lost", "eth0").unwrap(),
@@ -541,14 +559,28 @@ mod tests {
             .unwrap();
         assert_eq!(report.restored, 2);
         assert_eq!(
-            report.dropped,
+            report.stranded,
             vec![(
                 PodKey::new("net", "lost", "eth0").unwrap(),
                 Ipv4Addr::new(10, 9, 9, 9)
             )]
         );
         assert_eq!(report.dropped_cooldowns, 1);
-        assert_eq!(ds, sample());
+        assert_ne!(ds, sample(), "the stranded allocation is kept");
+        assert_eq!(ds.stranded().count(), 1);
+        ds.check_invariants().unwrap();
+        // Written again, it stays stranded; its DEL ends it.
+        let (mut again, r2) = CheckpointV1::of(&ds)
+            .restore(Duration::from_secs(30), Path::new("cp"))
+            .unwrap();
+        assert_eq!(again, ds);
+        assert_eq!(r2.stranded.len(), 1);
+        let lost = PodKey::new("net", "lost", "eth0").unwrap();
+        assert_eq!(
+            again.release(&lost, UnixMillis(2)).unwrap().address,
+            Ipv4Addr::new(10, 9, 9, 9)
+        );
+        assert_eq!(again, sample());
     }
 
     #[test]

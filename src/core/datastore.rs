@@ -12,6 +12,13 @@
 //! A released address cools for `cooldown` (IP_COOLDOWN_PERIOD) before it is handed out again,
 //! so that a new pod never receives an address that a dead pod's peers still route to.
 //!
+//! # Stranded allocations
+//! When EC2 stops listing a prefix, address or ENI that pods use, their allocations are not
+//! forgotten: the pods still run with those addresses until a DEL (or a GC) says they are gone.
+//! They are *stranded*: kept, outside every block, and restored the moment EC2 attaches a block
+//! that holds them again — so that a prefix handed back never gives a live pod's address to a
+//! second pod. A DEL or GC of a stranded key ends it.
+//!
 //! Every operation here is in memory and infallible apart from its documented errors; making
 //! changes durable is [`super::store::Store`]'s job. The datastore never reads a clock: callers
 //! pass `now`.
@@ -220,6 +227,8 @@ pub struct Datastore {
     /// Address → end of its cooldown. The heap below may hold stale entries; this map decides.
     cooling: HashMap<Ipv4Addr, UnixMillis>,
     expiry: BinaryHeap<Reverse<(UnixMillis, Ipv4Addr)>>,
+    /// Allocations whose block EC2 took back while their pods live (see the module docs).
+    stranded: HashMap<PodKey, Allocation>,
 }
 
 impl PartialEq for Datastore {
@@ -231,6 +240,7 @@ impl PartialEq for Datastore {
             && self.blocks == other.blocks
             && self.allocations == other.allocations
             && self.cooling == other.cooling
+            && self.stranded == other.stranded
     }
 }
 
@@ -245,6 +255,7 @@ impl Datastore {
             allocations: HashMap::new(),
             cooling: HashMap::new(),
             expiry: BinaryHeap::new(),
+            stranded: HashMap::new(),
         }
     }
 
@@ -273,6 +284,8 @@ impl Datastore {
             .free_index
             .first()
             .ok_or(DatastoreError::NoFreeAddress)?;
+        // The runtime adds the attachment again: its stranded address is no longer its.
+        self.stranded.remove(&key);
         let id = BlockId::from_index_key(first);
         let block = self.blocks.get_mut(&id).expect("free index names a block");
         let avail = !(block.assigned | block.cooling) & id.full_mask();
@@ -293,11 +306,14 @@ impl Datastore {
     }
 
     /// Takes `key`'s address back; it cools down until `now + cooldown`.
+    /// A stranded key's release ends its stranding (no block holds the address to cool it).
     pub fn release(&mut self, key: &PodKey, now: UnixMillis) -> Result<Allocation, DatastoreError> {
-        let alloc = self
-            .allocations
-            .remove(key)
-            .ok_or_else(|| DatastoreError::NotFound(key.clone()))?;
+        let Some(alloc) = self.allocations.remove(key) else {
+            return self
+                .stranded
+                .remove(key)
+                .ok_or_else(|| DatastoreError::NotFound(key.clone()));
+        };
         let until = now.plus(self.cooldown);
         let (id, bit) = self
             .locate(alloc.address)
@@ -370,9 +386,38 @@ impl Datastore {
         self.allocations.iter()
     }
 
+    /// Every stranded allocation: its pod lives, EC2 no longer lists its block.
+    pub fn stranded(&self) -> impl Iterator<Item = (&PodKey, &Allocation)> {
+        self.stranded.iter()
+    }
+
+    /// Whether `key` is stranded.
+    pub fn is_stranded(&self, key: &PodKey) -> bool {
+        self.stranded.contains_key(key)
+    }
+
     /// Every cooling address with the end of its cooldown (some may be over but not yet expired).
     pub fn cooling(&self) -> impl Iterator<Item = (Ipv4Addr, UnixMillis)> + '_ {
         self.cooling.iter().map(|(a, u)| (*a, *u))
+    }
+
+    /// Caps every cooldown at `now + cooldown`: cooldowns read from a checkpoint written while
+    /// the clock was ahead (or with a longer IP_COOLDOWN_PERIOD) must not strand addresses for
+    /// years. Returns how many were shortened.
+    pub fn cap_cooldowns(&mut self, now: UnixMillis) -> usize {
+        let cap = now.plus(self.cooldown);
+        let late: Vec<Ipv4Addr> = self
+            .cooling
+            .iter()
+            .filter(|(_, until)| **until > cap)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in &late {
+            // The heap's old entry goes stale: `expire` skips entries the map no longer has.
+            self.cooling.insert(*a, cap);
+            self.expiry.push(Reverse((cap, *a)));
+        }
+        late.len()
     }
 
     /// Number of addresses free to hand out now (after expiring cooldowns that are over).
@@ -419,7 +464,7 @@ impl Datastore {
     }
 
     /// Removes an ENI. Without `force` it must hold nothing; with `force` its blocks go too and
-    /// the allocations in them are returned (EC2 says the ENI is gone).
+    /// the allocations in them are stranded and returned (EC2 says the ENI is gone).
     pub fn remove_eni(
         &mut self,
         id: &EniId,
@@ -516,12 +561,28 @@ impl Datastore {
             },
         );
         self.free_index.insert(id.index_key(id.size()));
+        // Stranded pods whose address this block holds get it back.
+        let back: Vec<PodKey> = self
+            .stranded
+            .iter()
+            .filter(|(_, a)| block_contains(id, a.address))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in back {
+            let alloc = self.stranded.remove(&key).expect("just found");
+            let bit = u32::from(alloc.address) - id.base();
+            let block = self.blocks.get_mut(&id).expect("inserted above");
+            let before = block.free(id);
+            block.assigned |= 1 << bit;
+            self.reindex(id, before, before - 1);
+            self.allocations.insert(key, alloc);
+        }
         Ok(())
     }
 
     /// Detaches a block. Without `force`, none of its addresses may be assigned or cooling;
-    /// with `force` (EC2 says it is gone) its allocations and cooldowns are dropped and the
-    /// allocations returned, so that the caller can log and count them.
+    /// with `force` (EC2 says it is gone) its cooldowns are dropped and its allocations
+    /// stranded (kept until their DEL) and returned, so that the caller can log and count them.
     pub fn remove_block(
         &mut self,
         id: BlockId,
@@ -556,6 +617,7 @@ impl Datastore {
                 .collect();
             for k in keys {
                 let a = self.allocations.remove(&k).expect("just found");
+                self.stranded.insert(k.clone(), a.clone());
                 dropped.push((k, a));
             }
         }
@@ -619,20 +681,31 @@ impl Datastore {
 
     // ---- restoring from a checkpoint ---------------------------------------------------------
 
-    /// Puts back an allocation read from a checkpoint. Fails when the address is outside every
-    /// attached block (`Ok(false)`: the caller reports and drops it) and errs when the address or
-    /// key is already taken, which only a corrupt checkpoint can cause.
+    /// Puts back an allocation read from a checkpoint (stranded or not). One whose address is
+    /// outside every attached block is stranded (`Ok(false)`: the caller reports it); errs when
+    /// the address or key is already taken, which only a corrupt checkpoint can cause.
     pub(crate) fn restore_allocation(
         &mut self,
         key: PodKey,
         alloc: Allocation,
     ) -> Result<bool, String> {
-        let Some((id, bit)) = self.locate(alloc.address) else {
-            return Ok(false);
-        };
-        if self.allocations.contains_key(&key) {
+        if self.allocations.contains_key(&key) || self.stranded.contains_key(&key) {
             return Err(format!("{key} appears twice"));
         }
+        let Some((id, bit)) = self.locate(alloc.address) else {
+            if let Some((other, _)) = self
+                .stranded
+                .iter()
+                .find(|(_, a)| a.address == alloc.address)
+            {
+                return Err(format!(
+                    "address {} is held twice ({other} and {key})",
+                    alloc.address
+                ));
+            }
+            self.stranded.insert(key, alloc);
+            return Ok(false);
+        };
         let block = self.blocks.get_mut(&id).expect("located block exists");
         if (block.assigned | block.cooling) & (1 << bit) != 0 {
             return Err(format!(
@@ -718,6 +791,17 @@ impl Datastore {
         if cooling_bits as usize != self.cooling.len() {
             return Err("cooling bits do not match the cooling map".into());
         }
+        for (k, a) in &self.stranded {
+            if self.locate(a.address).is_some() {
+                return Err(format!("{k} is stranded but {} is attached", a.address));
+            }
+            if self.allocations.contains_key(k) {
+                return Err(format!("{k} is both stranded and allocated"));
+            }
+            if let Some(other) = seen.insert(a.address, k) {
+                return Err(format!("{} held by {k} and {other}", a.address));
+            }
+        }
         Ok(())
     }
 }
@@ -751,6 +835,33 @@ mod tests {
             ds.add_prefix(&eni("eni-1"), p(s)).unwrap();
         }
         ds
+    }
+
+    #[test]
+    fn a_block_ec2_takes_back_strands_its_pods_and_gives_them_their_addresses_back() {
+        let mut ds = ds_with(&["10.0.0.16/28"]);
+        let a = ds.allocate(key("a"), PodInfo::default(), T0).unwrap();
+        let gone = ds.remove_prefix(p("10.0.0.16/28"), true).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(ds.is_stranded(&key("a")) && ds.get(&key("a")).is_none());
+        ds.check_invariants().unwrap();
+        // EC2 hands the same prefix back: the live pod's address is its again, not free.
+        ds.add_prefix(&eni("eni-1"), p("10.0.0.16/28")).unwrap();
+        assert_eq!(ds.get(&key("a")).unwrap().address, a.address);
+        let b = ds.allocate(key("b"), PodInfo::default(), T0).unwrap();
+        assert_ne!(b.address, a.address);
+        ds.check_invariants().unwrap();
+        // A DEL while stranded ends it: the address is free when the block comes back.
+        ds.remove_prefix(p("10.0.0.16/28"), true).unwrap();
+        assert_eq!(ds.release(&key("a"), T0).unwrap().address, a.address);
+        assert!(!ds.is_stranded(&key("a")) && ds.is_stranded(&key("b")));
+        ds.add_prefix(&eni("eni-1"), p("10.0.0.16/28")).unwrap();
+        ds.check_invariants().unwrap();
+        let c = ds.allocate(key("c"), PodInfo::default(), T0).unwrap();
+        assert_eq!(
+            c.address, a.address,
+            "packing takes the lowest free address"
+        );
     }
 
     #[test]

@@ -199,6 +199,29 @@ impl Values {
         parse_duration(s.var, self.text(s))
     }
 
+    /// A duration from `lo` to `hi`: every duration a setting takes has a sane range (a resync
+    /// every 584 million years is a typo, not a wish).
+    pub fn duration_in(
+        &self,
+        s: &Setting,
+        lo: Duration,
+        hi: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(s)?;
+        if d < lo || d > hi {
+            return Err(ConfigError::new(
+                s.var,
+                self.text(s),
+                format!(
+                    "out of range; set a duration from {} to {}",
+                    show_duration(lo),
+                    show_duration(hi)
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
     /// A duration longer than 0.
     pub fn positive_duration(&self, s: &Setting) -> Result<Duration, ConfigError> {
         let d = self.duration(s)?;
@@ -314,6 +337,18 @@ pub fn parse_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
     }
     .ok_or_else(err)?;
     Ok(Duration::from_millis(ms))
+}
+
+/// A duration as a setting is written: `0s`, `500ms`, `30s`, `2m`, `1h`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".into(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
 }
 
 /// Serializes a duration as `"1500ms"` (configs shown by `/v1/config`).

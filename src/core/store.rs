@@ -118,8 +118,11 @@ pub struct Store<S> {
 
 impl Store<FileCheckpoint> {
     /// Opens the checkpoint at `path`: restores it when present, starts empty when there is none.
-    /// With `discard`, an existing checkpoint is first moved aside (never deleted).
-    /// Allocations outside every attached prefix are dropped, logged and listed in the report.
+    /// With `discard`, a checkpoint that cannot be used (corrupt, contradictory, of another
+    /// version) is moved aside (never deleted) and the pool starts empty; a readable one is
+    /// kept, whatever the flag says, since forgetting live allocations would give their
+    /// addresses to second pods. Allocations outside every attached block are stranded, logged
+    /// and listed in the report; cooldowns are capped at `now` + the cooldown.
     pub fn open(
         path: &Path,
         cooldown: Duration,
@@ -127,20 +130,39 @@ impl Store<FileCheckpoint> {
         now: UnixMillis,
     ) -> Result<(Self, LoadReport), CheckpointError> {
         let file = FileCheckpoint::new(path)?;
-        if discard && let Some(aside) = file.discard(now)? {
-            tracing::warn!(checkpoint = %path.display(), moved_to = %aside.display(),
-                "checkpoint discarded on request: starting with an empty pool");
-        }
-        let (ds, report) = match file.load()? {
-            Some(cp) => cp.restore(cooldown, path)?,
-            None => (Datastore::new(cooldown), LoadReport::default()),
+        let loaded = file
+            .load()
+            .and_then(|cp| cp.map(|cp| cp.restore(cooldown, path)).transpose());
+        let (mut ds, report) = match loaded {
+            Ok(Some(restored)) => {
+                if discard {
+                    tracing::warn!(checkpoint = %path.display(),
+                        "DISCARD_CHECKPOINT is set but the checkpoint is readable: it is kept \
+                         (discarding it would give live pods' addresses to new pods); unset it");
+                }
+                restored
+            }
+            Ok(None) => (Datastore::new(cooldown), LoadReport::default()),
+            Err(e) if discard && e.is_unreadable() => {
+                let aside = file.discard(now)?;
+                tracing::warn!(checkpoint = %path.display(), error = %e,
+                    moved_to = ?aside.as_ref().map(|a| a.display().to_string()),
+                    "unreadable checkpoint moved aside on request: starting with an empty pool");
+                (Datastore::new(cooldown), LoadReport::default())
+            }
+            Err(e) => return Err(e),
         };
-        for (key, addr) in &report.dropped {
+        let capped = ds.cap_cooldowns(now);
+        if capped > 0 {
+            tracing::warn!(checkpoint = %path.display(), capped,
+                "cooldowns ending after now + IP_COOLDOWN_PERIOD were shortened (a clock ahead, or a longer period)");
+        }
+        for (key, addr) in &report.stranded {
             tracing::warn!(pod.key = %key, address = %addr, checkpoint = %path.display(),
-                "dropping allocation: its address lies in no attached prefix");
+                "stranded allocation: its address lies in no attached block; kept until its DEL");
         }
         tracing::info!(checkpoint = %path.display(), restored = report.restored,
-            dropped = report.dropped.len(), "checkpoint loaded");
+            stranded = report.stranded.len(), "checkpoint loaded");
         Ok((Self::new(ds, file), report))
     }
 }
@@ -295,6 +317,17 @@ impl<S: CheckpointSink> Store<S> {
     ) -> Result<(Outcome, Option<Undo>), StoreError> {
         let ds = &mut self.ds;
         Ok(match change {
+            // A stranded key's change touches the stranded set, which only a copy undoes.
+            Change::Allocate { key, pod } if ds.is_stranded(&key) => {
+                let before = Box::new(ds.clone());
+                let a = ds.allocate(key, pod, now)?;
+                (Outcome::Allocated(a), Some(Undo::Restore(before)))
+            }
+            Change::Release { key } if ds.is_stranded(&key) => {
+                let before = Box::new(ds.clone());
+                let alloc = ds.release(&key, now)?;
+                (Outcome::Released(alloc), Some(Undo::Restore(before)))
+            }
             Change::Allocate { key, pod } => {
                 let undo_key = key.clone();
                 let a = ds.allocate(key, pod, now)?;
@@ -383,6 +416,69 @@ mod tests {
             .restore(Duration::from_secs(30), Path::new("mem"))
             .unwrap()
             .0
+    }
+
+    #[test]
+    fn discard_acts_only_on_a_checkpoint_that_cannot_be_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let cooldown = Duration::from_secs(30);
+        let (s, _) = Store::open(&path, cooldown, false, UnixMillis(0)).unwrap();
+        let mut s = Store::new(s.datastore().clone(), FileCheckpoint::new(&path).unwrap());
+        let eni: EniId = "eni-1".parse().unwrap();
+        s.apply(
+            Change::AddEni {
+                id: eni.clone(),
+                device_index: 0,
+                primary: true,
+            },
+            UnixMillis(0),
+        )
+        .unwrap();
+        s.apply(
+            Change::AddPrefix {
+                eni,
+                prefix: "10.0.0.16/28".parse().unwrap(),
+            },
+            UnixMillis(0),
+        )
+        .unwrap();
+        let a = s
+            .allocate(key("live"), PodInfo::default(), UnixMillis(1))
+            .unwrap();
+        drop(s);
+        // Readable: kept, the live pod's address with it, and nothing moved aside.
+        let (s, _) = Store::open(&path, cooldown, true, UnixMillis(2)).unwrap();
+        assert_eq!(s.datastore().get(&key("live")).unwrap().address, a.address);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        drop(s);
+        // Unreadable: refused without the flag, moved aside with it.
+        std::fs::write(&path, b"{\"version\":1,\"enis\":[").unwrap();
+        let e = Store::open(&path, cooldown, false, UnixMillis(3))
+            .err()
+            .unwrap();
+        assert!(
+            e.is_unreadable() && e.to_string().contains("--discard-checkpoint"),
+            "{e}"
+        );
+        let (s, _) = Store::open(&path, cooldown, true, UnixMillis(3)).unwrap();
+        assert_eq!(s.datastore().allocations().count(), 0);
+        assert!(dir.path().join("cp.json.discarded-3").exists());
+    }
+
+    #[test]
+    fn cooldowns_from_a_clock_that_was_ahead_are_capped() {
+        let mut s = store();
+        s.allocate(key("a"), PodInfo::default(), UnixMillis(1))
+            .unwrap();
+        // Released by an agent whose clock read a year ahead.
+        let year = UnixMillis(365 * 86_400_000);
+        s.release(&key("a"), year).unwrap();
+        let mut ds = reload(&s);
+        assert_eq!(ds.cap_cooldowns(UnixMillis(10)), 1);
+        assert_eq!(ds.free_count(UnixMillis(10)), 15);
+        assert_eq!(ds.free_count(UnixMillis(10 + 30_000)), 16);
+        ds.check_invariants().unwrap();
     }
 
     #[test]

@@ -298,11 +298,15 @@ impl PodKey {
     }
 }
 
+/// Longest network name or container id (runtimes use 64-character ids): it bounds the
+/// socket's largest request, a GC listing every attachment of a full node.
+pub const MAX_NAME: usize = 256;
+
 fn check_name(field: &'static str, value: &str) -> Result<(), TypeError> {
     let why = if value.is_empty() {
         "must not be empty"
-    } else if value.len() > 1024 {
-        "is longer than 1024 bytes"
+    } else if value.len() > MAX_NAME {
+        "is longer than 256 bytes"
     } else if !value
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))

@@ -41,12 +41,12 @@ impl LimiterConfig {
             .trim()
             .parse::<f64>()
             .ok()
-            .filter(|q| q.is_finite() && *q > 0.0 && *q <= 1000.0)
+            .filter(|q| q.is_finite() && (0.01..=1000.0).contains(q))
             .ok_or_else(|| {
                 ConfigError::new(
                     EC2_API_QPS.var,
                     text,
-                    "set a number of calls per second above 0 and at most 1000",
+                    "set a number of calls per second from 0.01 to 1000",
                 )
             })?;
         Ok(Self {

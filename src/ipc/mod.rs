@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,8 +18,14 @@ pub mod pending;
 
 /// Protocol version; a request with another is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Largest request or reply, in bytes.
-pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most attachments a node may hold (the largest MAX_PODS the agent accepts): a GC request
+/// lists them all, and its reply every address still held.
+pub const MAX_ATTACHMENTS: u32 = 4_096;
+/// Largest request or reply, in bytes: a GC of [`MAX_ATTACHMENTS`] keys of the longest names
+/// fits ([`tests::a_full_node_gc_fits`]).
+pub const MAX_MESSAGE: usize = 4 << 20;
+/// Largest request taken from a peer that is not root: its refusal needs no more.
+pub const MAX_UNTRUSTED: usize = 4 * 1024;
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,15 +190,66 @@ pub enum ClientError {
     BadReply(String),
 }
 
-/// Sends one request and waits (at most `timeout`) for the reply.
-pub fn call(socket: &Path, op: Op, timeout: Duration) -> Result<Reply, ClientError> {
-    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+/// Connects without blocking past `deadline`: a full listen backlog makes a blocking
+/// `connect(2)` on a Unix socket wait for ever, so the socket is non-blocking and the connect
+/// is tried again until the deadline.
+fn connect(socket: &Path, deadline: Instant) -> Result<UnixStream, ClientError> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
+    let err = |source: std::io::Error| ClientError::Connect {
         path: socket.display().to_string(),
         source,
-    })?;
-    s.set_read_timeout(Some(timeout)).map_err(ClientError::Io)?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(ClientError::Io)?;
+    };
+    let addr = UnixAddr::new(socket).map_err(|e| err(e.into()))?;
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| err(e.into()))?;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+            Ok(()) => break,
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the agent's socket accepts no connection (its backlog is full)",
+                    )));
+                }
+                std::thread::sleep(pause.min(deadline - now));
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(e) => return Err(err(e.into())),
+        }
+    }
+    let s = UnixStream::from(fd);
+    s.set_nonblocking(false).map_err(ClientError::Io)?;
+    Ok(s)
+}
+
+/// What is left until `deadline`, or a timeout error.
+fn left(deadline: Instant) -> Result<Duration, ClientError> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the agent did not answer in time",
+            ))
+        })
+}
+
+/// Sends one request and waits for the reply: `timeout` bounds the whole call, connect
+/// included, however slowly the other end reads or writes. The connection stays open until
+/// the reply (the agent reads the end of the request from its newline): its closing tells the
+/// agent that this caller has gone, and an ADD nobody waits for is not made.
+pub fn call(socket: &Path, op: Op, timeout: Duration) -> Result<Reply, ClientError> {
+    let deadline = Instant::now() + timeout;
+    let mut s = connect(socket, deadline)?;
     let req = Request {
         v: PROTOCOL_VERSION,
         op,
@@ -201,18 +258,47 @@ pub fn call(socket: &Path, op: Op, timeout: Duration) -> Result<Reply, ClientErr
     bytes.push(b'\n');
     // The agent may answer (a refusal, say) before it has read everything: keep the write
     // error, but read the answer first and prefer it.
-    let sent = s
-        .write_all(&bytes)
-        .and_then(|()| s.shutdown(std::net::Shutdown::Write));
-    // Room for any answer at once: a growing buffer reads it 32 bytes at a time.
+    let mut sent = Ok(());
+    let mut off = 0;
+    while off < bytes.len() {
+        s.set_write_timeout(Some(left(deadline)?))
+            .map_err(ClientError::Io)?;
+        match s.write(&bytes[off..]) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                sent = Err(e);
+                break;
+            }
+        }
+    }
     let mut buf = Vec::with_capacity(4096);
-    let read = s.take(MAX_MESSAGE as u64 + 1).read_to_end(&mut buf);
+    let mut chunk = [0u8; 4096];
+    let mut read = Ok(());
+    while !buf.ends_with(b"\n") && buf.len() <= MAX_MESSAGE {
+        s.set_read_timeout(Some(left(deadline)?))
+            .map_err(ClientError::Io)?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                left(deadline)?;
+            }
+            Err(e) => {
+                read = Err(e);
+                break;
+            }
+        }
+    }
     if buf.is_empty() {
         sent.map_err(ClientError::Io)?;
         read.map_err(ClientError::Io)?;
     }
     if buf.len() > MAX_MESSAGE {
-        return Err(ClientError::BadReply("reply larger than 64 KiB".into()));
+        return Err(ClientError::BadReply(format!(
+            "reply larger than {MAX_MESSAGE} bytes"
+        )));
     }
     let reply: Reply =
         serde_json::from_slice(&buf).map_err(|e| ClientError::BadReply(e.to_string()))?;
@@ -228,6 +314,108 @@ pub fn call(socket: &Path, op: Op, timeout: Duration) -> Result<Reply, ClientErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_node_gc_fits() {
+        let name = "n".repeat(crate::core::types::MAX_NAME);
+        let keep: Vec<PodKey> = (0..MAX_ATTACHMENTS)
+            .map(|i| PodKey::new(&name, format!("{i:0>256}"), "eth012345678901").unwrap())
+            .collect();
+        let req = Request {
+            v: PROTOCOL_VERSION,
+            op: Op::Gc {
+                network: name.clone(),
+                keep,
+            },
+        };
+        let n = serde_json::to_vec(&req).unwrap().len();
+        assert!(n < MAX_MESSAGE, "{n} bytes");
+        let reply = Reply {
+            kept: Some(vec![
+                Ipv4Addr::new(255, 255, 255, 255);
+                MAX_ATTACHMENTS as usize
+            ]),
+            ..Reply::error(ErrorKind::Internal, "x".repeat(4096))
+        };
+        assert!(serde_json::to_vec(&reply).unwrap().len() < MAX_MESSAGE);
+    }
+
+    /// Runs `f` on a thread and gives up after `limit`: a call that hangs fails the test
+    /// instead of hanging it.
+    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit)
+            .expect("the call did not end within its deadline")
+    }
+
+    #[test]
+    fn a_full_backlog_ends_at_the_deadline() {
+        use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        let fd = nix::sys::socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        let addr = UnixAddr::new(&path).unwrap();
+        nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).unwrap();
+        nix::sys::socket::listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        // Never accepted: fill the queue.
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            match connect(&path, Instant::now() + Duration::from_millis(50)) {
+                Ok(s) => queued.push(s),
+                Err(_) => break,
+            }
+        }
+        let p = path.clone();
+        let r = within(Duration::from_secs(10), move || {
+            call(&p, Op::Status, Duration::from_millis(300))
+        });
+        let e = r.unwrap_err();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
+        assert!(e.to_string().contains("backlog"), "{e}");
+        drop(fd);
+    }
+
+    #[test]
+    fn a_trickled_reply_ends_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slow.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            for byte in br#"{"v":1}"#.iter().chain(b"\n") {
+                std::thread::sleep(Duration::from_millis(250));
+                if s.write_all(&[*byte]).is_err() {
+                    return;
+                }
+            }
+        });
+        let t = Instant::now();
+        let e = within(Duration::from_secs(10), move || {
+            call(&path, Op::Status, Duration::from_millis(350))
+        })
+        .unwrap_err();
+        assert!(matches!(e, ClientError::Io(_)), "{e}");
+        // Eight bytes at 250 ms each would take 2 s: the deadline cut it short.
+        assert!(
+            t.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
 
     #[test]
     fn wire_shape() {

@@ -58,21 +58,22 @@ impl<E: Ec2> Looper<E> {
         if !diff.changes.is_empty() {
             let n = diff.changes.len();
             let results = self.ctx.pool.apply(diff.changes).await.unwrap_or_default();
-            let mut dropped = 0u64;
+            let mut stranded = 0u64;
             for r in results {
                 match r {
                     Ok(Outcome::Removed(list)) => {
                         for (key, a) in list {
-                            dropped += 1;
-                            tracing::warn!(pod.key = %key, address = %a.address, "dropping allocation: EC2 no longer lists its prefix or address");
+                            stranded += 1;
+                            tracing::warn!(pod.key = %key, address = %a.address,
+                                "stranded allocation: EC2 no longer lists its block; the address stays the pod's until its DEL or GC");
                         }
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "resync change refused"),
                 }
             }
-            self.ctx.metrics.dropped(dropped);
-            tracing::info!(changes = n, dropped, "resynced with EC2");
+            self.ctx.metrics.stranded(stranded);
+            tracing::info!(changes = n, stranded, "resynced with EC2");
         }
         self.sync.next = Instant::now() + self.ctx.cfg.reconcile_interval;
         self.sync.needed = !diff.deferred.is_empty();
