@@ -64,9 +64,33 @@ pub async fn identify() -> Result<Identity, ImdsError> {
         .get("/latest/meta-data/placement/region")
         .await
         .ok()
-        .map(String::from);
-    let instance = String::from(id)
+        .map(String::from)
+        .filter(|r| r.len() <= MAX_ANSWER && !r.is_empty());
+    let id = String::from(id);
+    if id.len() > MAX_ANSWER {
+        return Err(ImdsError::BadInstanceId(shown(&id)));
+    }
+    let instance = id
         .parse()
         .map_err(|e: crate::core::types::TypeError| ImdsError::BadInstanceId(e.to_string()))?;
     Ok(Identity { instance, region })
+}
+
+/// Longest IMDS answer taken as an instance id or region; longer ones are not ids.
+const MAX_ANSWER: usize = 64;
+
+/// An untrusted answer as an error message shows it: its start and its size, never all of it.
+fn shown(s: &str) -> String {
+    let cut: String = s.chars().take(MAX_ANSWER).collect();
+    format!("{cut:?}... ({} bytes)", s.len())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_huge_answer_is_shown_by_its_start_and_size() {
+        let big = "i-".to_owned() + &"f".repeat(10 << 20);
+        let s = super::shown(&big);
+        assert!(s.len() < 100 && s.contains("10485762 bytes"), "{s}");
+    }
 }

@@ -260,3 +260,43 @@ async fn readiness_follows_the_checkpoint_and_a_failed_write_is_undone() {
     assert!(r.address.is_some(), "{r:?}");
     a.agent.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_answers_overflowing_counts_with_ec2s_error_and_keeps_serving() {
+    let mock = start_mock(NODE).await;
+    let node = mock.id("node").unwrap().to_owned();
+    let eni = mock.with_model(|m| m.instances[&node].primary_eni.clone());
+    let form = "application/x-www-form-urlencoded".to_owned();
+    for count in ["4294967295", "4294967294", "2147483648"] {
+        let body = format!(
+            "Action=AssignPrivateIpAddresses&Version=2016-11-15&NetworkInterfaceId={eni}&Ipv4PrefixCount={count}"
+        );
+        let (code, text) = http_async(
+            mock.addr(),
+            "POST",
+            "/",
+            vec![("Content-Type", form.clone())],
+            body,
+        )
+        .await;
+        assert_eq!(code, 400, "{text}");
+        assert!(text.contains("PrivateIpAddressLimitExceeded"), "{text}");
+    }
+    // A huge attach delay is refused, not stored to overflow later.
+    let (code, text) = http_async(
+        mock.addr(),
+        "POST",
+        "/_mock/latency",
+        vec![("Content-Type", "application/json".into())],
+        r#"{"attach":true,"delay":"1000h"}"#.into(),
+    )
+    .await;
+    assert!(code == 400, "{code} {text}");
+    // Negative control: the model's lock is not poisoned; a sane request still works.
+    let body = format!(
+        "Action=AssignPrivateIpAddresses&Version=2016-11-15&NetworkInterfaceId={eni}&Ipv4PrefixCount=1"
+    );
+    let (code, text) =
+        http_async(mock.addr(), "POST", "/", vec![("Content-Type", form)], body).await;
+    assert_eq!(code, 200, "{text}");
+}

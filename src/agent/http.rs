@@ -161,7 +161,10 @@ async fn config(State(s): State<Introspection>) -> Response {
 }
 
 async fn status(State(s): State<Introspection>) -> Response {
-    Json(s.status.view()).into_response()
+    let mut v = serde_json::to_value(s.status.view()).unwrap_or_default();
+    // Pods whose addresses EC2 took back while they live: kept from every other pod.
+    v["stranded_allocations"] = s.pool.stranded().into();
+    Json(v).into_response()
 }
 
 async fn healthz(State(s): State<Introspection>) -> Response {

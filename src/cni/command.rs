@@ -41,13 +41,26 @@ impl Call<'_> {
 
     /// A CNI_* variable that must be set.
     pub(super) fn need(&self, var: &str) -> Result<String, CniError> {
-        (self.env)(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+        let v = self.var(var)?.filter(|v| !v.is_empty()).ok_or_else(|| {
             fail(
                 code::INVALID_ENV,
                 format!("{var} is not set"),
                 "the container runtime must set it",
             )
-        })
+        })?;
+        Ok(v)
+    }
+
+    /// A CNI_* variable, `None` when unset; one that is not UTF-8 is named as such.
+    pub(super) fn var(&self, var: &str) -> Result<Option<String>, CniError> {
+        match (self.env)(var) {
+            Some(v) if v == super::NOT_UTF8 => Err(fail(
+                code::INVALID_ENV,
+                format!("{var} is not valid UTF-8"),
+                "the container runtime must pass it as UTF-8 text",
+            )),
+            v => Ok(v),
+        }
     }
 
     /// The attachment: network, CNI_CONTAINERID, CNI_IFNAME.
@@ -67,7 +80,8 @@ impl Call<'_> {
     /// `K8S_POD_NAMESPACE=..;K8S_POD_NAME=..` → (namespace, name).
     pub(super) fn pod(&self) -> Result<(String, String), CniError> {
         let (mut ns, mut name) = (String::new(), String::new());
-        for part in (self.env)("CNI_ARGS")
+        for part in self
+            .var("CNI_ARGS")?
             .iter()
             .flat_map(|a| a.split(';'))
             .filter(|p| !p.is_empty())
@@ -100,6 +114,39 @@ impl Call<'_> {
         })
     }
 
+    /// prevResult's addresses, for CHECK: it must be there and well formed.
+    fn prev_required(&self) -> Result<Vec<Ipv4Addr>, CniError> {
+        let bad = |why: String| {
+            fail(
+                code::INVALID_CONFIG,
+                format!("CHECK needs a well-formed prevResult: {why}"),
+                "the runtime passes the result of the ADD as prevResult",
+            )
+        };
+        let prev = self
+            .conf
+            .prev_result
+            .as_ref()
+            .ok_or_else(|| bad("there is none".into()))?;
+        let ips = prev["ips"]
+            .as_array()
+            .ok_or_else(|| bad("it has no \"ips\" list".into()))?;
+        let mut out = Vec::new();
+        for ip in ips {
+            let a = ip["address"]
+                .as_str()
+                .and_then(|a| a.parse::<ipnet::IpNet>().ok())
+                .ok_or_else(|| bad(format!("{ip} has no address in CIDR form")))?;
+            if let std::net::IpAddr::V4(v4) = a.addr() {
+                out.push(v4);
+            }
+        }
+        if out.is_empty() {
+            return Err(bad("it lists no IPv4 address".into()));
+        }
+        Ok(out)
+    }
+
     /// The addresses of prevResult.
     pub(super) fn prev_addresses(&self) -> Vec<Ipv4Addr> {
         self.conf
@@ -129,11 +176,11 @@ impl Call<'_> {
 
     /// CHECK's comparison: the agent's address for the attachment against prevResult's.
     fn check_prev(&self, key: &PodKey, held: Ipv4Addr) -> Result<(), CniError> {
-        let prev = self.prev_addresses();
-        if !prev.is_empty() && !prev.contains(&held) {
+        let prev = self.prev_required()?;
+        if !prev.contains(&held) {
             let list: Vec<String> = prev.iter().map(|a| a.to_string()).collect();
             return Err(fail(
-                code::INVALID_CONFIG,
+                code::UNKNOWN_CONTAINER,
                 format!("{key} holds {held}, not the address in prevResult"),
                 format!("prevResult addresses: {}", list.join(", ")),
             ));

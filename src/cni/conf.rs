@@ -149,6 +149,21 @@ pub(super) fn settings(conf: &NetConf) -> Result<Settings, CniError> {
                 format!("route {r} needs a dst CIDR"),
             ));
         }
+        // Checked before anything is allocated: a bad gateway found after the ADD would
+        // leave an address held for a pod that never gets it.
+        match r.get("gw") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(g)
+                if g.as_str()
+                    .is_some_and(|g| g.parse::<std::net::IpAddr>().is_ok()) => {}
+            Some(g) => {
+                return Err(fail(
+                    code::INVALID_CONFIG,
+                    "invalid ipam.routes",
+                    format!("route {r}: gw {g} is not an IP address"),
+                ));
+            }
+        }
     }
     Ok(Settings {
         socket: ipam

@@ -11,14 +11,14 @@ pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
     /// Container unknown or does not exist.
     pub const UNKNOWN_CONTAINER: u32 = 3;
-    /// Invalid network config.
-    pub const INVALID_CONFIG: u32 = 4;
+    /// Invalid network config (libcni's ErrInvalidNetworkConfig).
+    pub const INVALID_CONFIG: u32 = 7;
     /// I/O failure.
     pub const IO_FAILURE: u32 = 5;
     /// Failed to decode content.
     pub const DECODE: u32 = 6;
-    /// Invalid environment variables.
-    pub const INVALID_ENV: u32 = 7;
+    /// Invalid environment variables (libcni's ErrInvalidEnvironmentVariables).
+    pub const INVALID_ENV: u32 = 4;
     /// Try again later.
     pub const TRY_AGAIN: u32 = 11;
     /// The plugin is not available (STATUS).

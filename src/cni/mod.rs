@@ -113,6 +113,10 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], host: &dyn Host) 
     }
 }
 
+/// What the environment lookup gives for a variable that is not UTF-8 (a NUL, which no real
+/// environment value holds), so that it is named as such rather than "not set".
+pub(crate) const NOT_UTF8: &str = "\0not UTF-8";
+
 /// Entry point of the `prefixd-cni` binary.
 pub fn main() -> std::process::ExitCode {
     use std::io::{Read, Write};
@@ -122,7 +126,11 @@ pub fn main() -> std::process::ExitCode {
         .lock()
         .take(MAX_STDIN as u64 + 1)
         .read_to_end(&mut stdin);
-    let env = |k: &str| std::env::var(k).ok();
+    let env = |k: &str| match std::env::var(k) {
+        Ok(v) => Some(v),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => Some(NOT_UTF8.to_owned()),
+    };
     let out = run(&env, &stdin, &System);
     let mut stdout = std::io::stdout().lock();
     if !out.stdout.is_empty() {
@@ -242,23 +250,23 @@ mod tests {
             assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()));
             v["code"].as_u64().unwrap()
         };
-        assert_eq!(code_of(&env_of(&[]), CONF.as_bytes()), 7);
+        assert_eq!(code_of(&env_of(&[]), CONF.as_bytes()), 4);
         assert_eq!(
             code_of(&env_of(&[("CNI_COMMAND", "FROB")]), CONF.as_bytes()),
-            7
+            4
         );
         assert_eq!(code_of(&add_env(), b"{not json"), 6);
         assert_eq!(
             code_of(&add_env(), CONF.replace("1.0.0", "9.9.9").as_bytes()),
             1
         );
-        assert_eq!(code_of(&add_env(), &vec![b' '; MAX_STDIN + 1]), 4);
+        assert_eq!(code_of(&add_env(), &vec![b' '; MAX_STDIN + 1]), 7);
         assert_eq!(
             code_of(
                 &add_env(),
                 br#"{"cniVersion":"1.0.0","name":"net","type":"ptp"}"#
             ),
-            4
+            7
         );
         assert_eq!(
             code_of(
@@ -269,7 +277,7 @@ mod tests {
                 ]),
                 CONF.as_bytes()
             ),
-            7
+            4
         );
         assert_eq!(
             code_of(
@@ -280,7 +288,7 @@ mod tests {
                 ]),
                 CONF.as_bytes()
             ),
-            7
+            4
         );
         let bad_args = env_of(&[
             ("CNI_COMMAND", "ADD"),
@@ -289,7 +297,7 @@ mod tests {
             ("CNI_NETNS", "/x"),
             ("CNI_ARGS", "nonsense"),
         ]);
-        assert_eq!(code_of(&bad_args, CONF.as_bytes()), 7);
+        assert_eq!(code_of(&bad_args, CONF.as_bytes()), 4);
         let gc = env_of(&[("CNI_COMMAND", "GC")]);
         assert_eq!(code_of(&gc, CONF.as_bytes()), 1, "GC needs 1.1.0");
         let unreachable = |_: &std::path::Path, _: Op, _: Duration| -> Result<Reply, ClientError> {
@@ -312,6 +320,78 @@ mod tests {
         };
         let o = run(&add_env(), CONF.as_bytes(), &AgentOnly(timeout));
         assert!(o.stdout.contains("\"code\":11"), "{}", o.stdout);
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_anything_is_allocated() {
+        let called = Mutex::new(0u32);
+        let t = |_: &std::path::Path, _: Op, _: Duration| {
+            *called.lock().unwrap() += 1;
+            Ok(Reply {
+                v: 1,
+                address: Some(Ipv4Addr::new(10, 0, 0, 17)),
+                ..Reply::default()
+            })
+        };
+        let code = |out: &Output| -> (u64, String) {
+            let v: Value = serde_json::from_str(&out.stdout).unwrap();
+            (
+                v["code"].as_u64().unwrap(),
+                v["msg"].as_str().unwrap().to_owned(),
+            )
+        };
+        // A route gateway that is no address.
+        let bad_gw = CONF.replace(
+            r#""socket":"/tmp/x.sock""#,
+            r#""socket":"/tmp/x.sock","routes":[{"dst":"0.0.0.0/0","gw":"router"}]"#,
+        );
+        let out = run(&add_env(), bad_gw.as_bytes(), &AgentOnly(t));
+        assert_eq!(code(&out).0, 7, "{}", out.stdout);
+        // A variable that is not UTF-8 is named as such, not "not set".
+        let mut env: HashMap<String, String> = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", NOT_UTF8),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/var/run/netns/x"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let lookup = |k: &str| env.get(k).cloned();
+        let out = run(&lookup, CONF.as_bytes(), &AgentOnly(t));
+        let (c, msg) = code(&out);
+        assert_eq!(c, 4, "{msg}");
+        assert!(msg.contains("CNI_CONTAINERID is not valid UTF-8"), "{msg}");
+        assert_eq!(*called.lock().unwrap(), 0, "the agent was asked");
+        // CHECK: prevResult missing, malformed, or with another address.
+        env.insert("CNI_COMMAND".into(), "CHECK".into());
+        env.insert("CNI_CONTAINERID".into(), "abc".into());
+        let lookup = |k: &str| env.get(k).cloned();
+        let with_prev = |prev: &str| {
+            CONF.replace(
+                r#""type":"ptp","#,
+                &format!(r#""type":"ptp","prevResult":{prev},"#),
+            )
+        };
+        for (conf, want, says) in [
+            (CONF.to_owned(), 7, "there is none"),
+            (with_prev(r#"{"ips":"x"}"#), 7, "no \"ips\" list"),
+            (with_prev(r#"{"ips":[{"address":"10.0.0.17"}]}"#), 7, "CIDR"),
+            (
+                with_prev(r#"{"ips":[{"address":"10.0.0.18/32"}]}"#),
+                3,
+                "not the address",
+            ),
+        ] {
+            let out = run(&lookup, conf.as_bytes(), &AgentOnly(t));
+            let (c, msg) = code(&out);
+            assert_eq!(c, want, "{msg}");
+            assert!(msg.contains(says), "{msg}");
+        }
+        // Negative control: the right prevResult passes.
+        let conf = with_prev(r#"{"ips":[{"address":"10.0.0.17/32"}]}"#);
+        let out = run(&lookup, conf.as_bytes(), &AgentOnly(t));
+        assert_eq!(out.exit, 0, "{}", out.stdout);
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
             let ifname = c.need("CNI_IFNAME")?;
             let container = c.need("CNI_CONTAINERID")?;
             let (ns, name) = c.pod()?;
-            let netns = (c.env)("CNI_NETNS").filter(|n| !n.is_empty());
+            let netns = c.var("CNI_NETNS")?.filter(|n| !n.is_empty());
             let host_veth = prev_host_veth(c)
                 .unwrap_or_else(|| host_veth_name(&s.veth_prefix, &ns, &name, &container));
             let hint: Option<Ipv4Addr> = c.prev_addresses().first().copied();

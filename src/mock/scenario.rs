@@ -241,7 +241,11 @@ impl Scenario {
                 .map_err(|_| err(field, format!("{v:?} is not an IPv4 CIDR like 10.0.0.0/16")))
         };
         let dur = |field: String, v: &str| -> Result<Duration, ScenarioError> {
-            parse_duration("latency", v).map_err(|e| err(field, e.why))
+            let d = parse_duration("latency", v).map_err(|e| err(field.clone(), e.why))?;
+            if d > crate::mock::server::MAX_MOCK_DELAY {
+                return Err(err(field, "longer than the mock allows (1h)".into()));
+            }
+            Ok(d)
         };
         let action = |field: String, a: &str| -> Result<Action, ScenarioError> {
             match a.parse::<Action>() {
@@ -355,7 +359,14 @@ impl Scenario {
                 .insert(parsed, dur(format!("latency.actions.{a}"), d)?);
         }
         if let Some(d) = &self.latency.attach {
-            model.attach_delay_ms = dur("latency.attach".into(), d)?.as_millis() as u64;
+            let d = dur("latency.attach".into(), d)?;
+            if d > crate::mock::server::MAX_MOCK_DELAY {
+                return Err(err(
+                    "latency.attach".into(),
+                    "longer than the mock allows (1h)".into(),
+                ));
+            }
+            model.attach_delay_ms = d.as_millis() as u64;
         }
         for (i, f) in self.faults.iter().enumerate() {
             action(format!("faults[{i}].action"), f.action.name())?;

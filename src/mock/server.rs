@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
+
+/// Longest latency or attach delay the mock accepts (a bigger one is a typo, and its
+/// arithmetic must not overflow).
+pub const MAX_MOCK_DELAY: std::time::Duration = std::time::Duration::from_secs(3600);
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -429,6 +433,9 @@ async fn admin_latency(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         Ok(d) => d,
         Err(e) => return bad(e.to_string()),
     };
+    if d > MAX_MOCK_DELAY {
+        return bad(format!("delay {:?} is longer than the mock allows (1h)", d));
+    }
     if r.attach {
         s.account
             .with_model(|m| m.attach_delay_ms = d.as_millis() as u64);

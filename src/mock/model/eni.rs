@@ -114,7 +114,7 @@ impl Model {
             let s = self.subnet(subnet)?;
             (s.vpc.clone(), s.az.clone())
         };
-        if 1 + req.slots() > MAX_ADDRESSES_UNATTACHED {
+        if 1 + req.slots() > u64::from(MAX_ADDRESSES_UNATTACHED) {
             return Err(ApiError::client(
                 "PrivateIpAddressLimitExceeded",
                 "Number of private addresses will exceed limit.",
@@ -247,7 +247,7 @@ impl Model {
             return Err(xen_refusal(t));
         }
         let id = self.next_id("eni-attach-");
-        let ready_at_ms = now_ms + self.attach_delay_ms;
+        let ready_at_ms = now_ms.saturating_add(self.attach_delay_ms);
         self.enis.get_mut(eni).expect("checked").attachment = Some(Attachment {
             id: id.clone(),
             instance: instance.to_owned(),
@@ -369,7 +369,7 @@ impl Model {
         {
             return Err(xen_refusal(t));
         }
-        if e.slots_used() + req.slots() > limit {
+        if u64::from(e.slots_used()) + req.slots() > u64::from(limit) {
             return Err(ApiError::client(
                 "PrivateIpAddressLimitExceeded",
                 format!(

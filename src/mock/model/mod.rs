@@ -42,8 +42,13 @@ pub struct IpRequest {
 }
 
 impl IpRequest {
-    pub(super) fn slots(&self) -> u32 {
-        self.prefix_count + self.prefixes.len() as u32 + self.ip_count + self.ips.len() as u32
+    /// Slots asked for, in u64: counts near u32::MAX (a hostile or broken client) must meet
+    /// EC2's limit error, never wrap, nor panic while the model's lock is held.
+    pub(super) fn slots(&self) -> u64 {
+        u64::from(self.prefix_count)
+            + self.prefixes.len() as u64
+            + u64::from(self.ip_count)
+            + self.ips.len() as u64
     }
     pub(super) fn wants_prefixes(&self) -> bool {
         self.prefix_count > 0 || !self.prefixes.is_empty()
