@@ -114,49 +114,47 @@ impl Call<'_> {
         })
     }
 
-    /// prevResult's addresses, for CHECK: it must be there and well formed.
-    fn prev_required(&self) -> Result<Vec<Ipv4Addr>, CniError> {
-        let bad = |why: String| {
-            fail(
-                code::INVALID_CONFIG,
-                format!("CHECK needs a well-formed prevResult: {why}"),
-                "the runtime passes the result of the ADD as prevResult",
-            )
-        };
+    /// prevResult's IPv4 addresses, or what is wrong with it (missing, no `ips` list, an
+    /// address not in CIDR form, no IPv4 address).
+    fn prev_ips(&self) -> Result<Vec<Ipv4Addr>, String> {
         let prev = self
             .conf
             .prev_result
             .as_ref()
-            .ok_or_else(|| bad("there is none".into()))?;
+            .ok_or_else(|| "there is none".to_owned())?;
         let ips = prev["ips"]
             .as_array()
-            .ok_or_else(|| bad("it has no \"ips\" list".into()))?;
+            .ok_or_else(|| "it has no \"ips\" list".to_owned())?;
         let mut out = Vec::new();
         for ip in ips {
             let a = ip["address"]
                 .as_str()
                 .and_then(|a| a.parse::<ipnet::IpNet>().ok())
-                .ok_or_else(|| bad(format!("{ip} has no address in CIDR form")))?;
+                .ok_or_else(|| format!("{ip} has no address in CIDR form"))?;
             if let std::net::IpAddr::V4(v4) = a.addr() {
                 out.push(v4);
             }
         }
         if out.is_empty() {
-            return Err(bad("it lists no IPv4 address".into()));
+            return Err("it lists no IPv4 address".into());
         }
         Ok(out)
     }
 
-    /// The addresses of prevResult.
+    /// prevResult's addresses, for CHECK: it must be there and well formed.
+    fn prev_required(&self) -> Result<Vec<Ipv4Addr>, CniError> {
+        self.prev_ips().map_err(|why| {
+            fail(
+                code::INVALID_CONFIG,
+                format!("CHECK needs a well-formed prevResult: {why}"),
+                "the runtime passes the result of the ADD as prevResult",
+            )
+        })
+    }
+
+    /// The addresses of prevResult, when it is well formed (a hint; none otherwise).
     pub(super) fn prev_addresses(&self) -> Vec<Ipv4Addr> {
-        self.conf
-            .prev_result
-            .as_ref()
-            .and_then(|p| p["ips"].as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
-            .collect()
+        self.prev_ips().unwrap_or_default()
     }
 
     /// CHECK's first half, both roles: the agent's allocation for `key` (error 3 when it has

@@ -263,22 +263,26 @@ impl Containerd {
     /// `ctr run --rm --cni --rootfs ROOTFS ID CMD...`: a container on the CNI network, run to
     /// its end; the runtime's CNI DEL follows.
     pub fn run(&self, rootfs: &Path, id: &str, cmd: &[&str]) -> Output {
+        let args = self.run_args(rootfs, id, cmd);
+        self.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// `run --rm --cni --cgroup .. --fifo-dir .. --rootfs ROOTFS ID CMD...`.
+    fn run_args(&self, rootfs: &Path, id: &str, cmd: &[&str]) -> Vec<String> {
         let fifo = self.dir.path().join("fifo");
-        let cgroup = self.cgroup(id);
-        let mut args = vec![
-            "run",
-            "--rm",
-            "--cni",
-            "--cgroup",
-            &cgroup,
-            "--fifo-dir",
-            fifo.to_str().unwrap(),
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-            id,
-        ];
-        args.extend_from_slice(cmd);
-        self.ctr(&args)
+        let mut args: Vec<String> = ["run", "--rm", "--cni", "--cgroup"]
+            .map(String::from)
+            .into();
+        args.extend([
+            self.cgroup(id),
+            "--fifo-dir".into(),
+            fifo.to_str().unwrap().into(),
+            "--rootfs".into(),
+            rootfs.to_str().unwrap().into(),
+            id.into(),
+        ]);
+        args.extend(cmd.iter().map(|c| c.to_string()));
+        args
     }
 
     /// `ctr run --rm --cni` kept in the background: the container keeps running until
@@ -329,22 +333,8 @@ impl Containerd {
     /// `ctr run --rm --cni` in the foreground, its stdout (the container's) piped to the
     /// caller: for measuring when the container first says something.
     pub fn run_piped(&self, rootfs: &Path, id: &str, cmd: &[&str]) -> Child {
-        let cgroup = self.cgroup(id);
-        let fifo = self.dir.path().join("fifo");
-        let mut args = vec![
-            "run",
-            "--rm",
-            "--cni",
-            "--cgroup",
-            &cgroup,
-            "--fifo-dir",
-            fifo.to_str().unwrap(),
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-            id,
-        ];
-        args.extend_from_slice(cmd);
-        self.ctr_command(&args)
+        let args = self.run_args(rootfs, id, cmd);
+        self.ctr_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
