@@ -1,13 +1,18 @@
-//! allocate+release throughput: in memory, and through the checkpoint (one fsync'd write per
-//! change, and group commit of a batch of changes into one write).
+//! allocate+release throughput: in memory, and through the journal (one log append and
+//! fdatasync per commit, one commit per change or per group of 32), against the floor of the
+//! same append without the store (a frame's worth of bytes written into a preallocated file and
+//! fdatasync'd), and the old design's floor (rewrite the whole file: write, fsync, rename, fsync
+//! the directory).
 //!
-//! Run: `cargo bench --bench datastore`
+//! Run: `cargo bench --bench datastore` (`BENCH_DIR` picks the file system; default `.`).
 
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use prefixd::core::checkpoint::FileCheckpoint;
-use prefixd::core::{Change, Datastore, EniId, PodInfo, PodKey, Prefix28, Store, UnixMillis};
+use prefixd::core::wal::{self, Record};
+use prefixd::core::{
+    Change, Datastore, EniId, FileJournal, PodInfo, PodKey, Prefix28, Snapshot, Store, UnixMillis,
+};
 
 /// A node like an m5.large's primary ENI: 9 prefixes, 144 addresses, 100 pods running.
 fn pool(cooldown: Duration) -> (Datastore, Vec<PodKey>) {
@@ -57,19 +62,114 @@ fn in_memory(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap()
+}
+
+/// A store on files holding [`pool`].
+fn durable_store(dir: &std::path::Path, name: &str) -> (Store<FileJournal>, Vec<PodKey>) {
+    let (ds, keys) = pool(Duration::from_millis(1));
+    let (mut store, _) = Store::open(
+        &dir.join(name),
+        Duration::from_millis(1),
+        false,
+        UnixMillis(0),
+    )
+    .unwrap();
+    let eni = ds.enis().keys().next().unwrap().clone();
+    let mut changes = vec![Change::AddEni {
+        id: eni.clone(),
+        device_index: 0,
+        primary: true,
+    }];
+    changes.extend(ds.enis()[&eni].prefixes.iter().map(|p| Change::AddPrefix {
+        eni: eni.clone(),
+        prefix: *p,
+    }));
+    changes.extend(ds.allocations().map(|(k, _)| Change::Allocate {
+        key: k.clone(),
+        pod: PodInfo::default(),
+    }));
+    for r in store.apply_batch(changes, UnixMillis(0)) {
+        r.unwrap();
+    }
+    (store, keys)
+}
+
+/// One durable change (an allocation or a release, alternating) against the same append done
+/// bare: the acceptance figure is the ratio of the two.
+fn durable_change(c: &mut Criterion) {
+    let dir = bench_dir();
+    let mut g = c.benchmark_group("durable");
+    g.sample_size(60).measurement_time(Duration::from_secs(10));
+    let pod = PodInfo {
+        namespace: "default".into(),
+        name: "web-7d9f8c6b5-x2x4q".into(),
+    };
+    let (mut store, keys) = durable_store(dir.path(), "one.json");
+    let (mut i, mut now, mut held) = (0usize, 1u64, None::<PodKey>);
+    g.bench_function("one_change", |b| {
+        b.iter(|| {
+            now += 2;
+            match held.take() {
+                Some(k) => {
+                    store.release(&k, UnixMillis(now)).unwrap();
+                }
+                None => {
+                    let k = keys[i % keys.len()].clone();
+                    i += 1;
+                    store
+                        .allocate(k.clone(), pod.clone(), UnixMillis(now))
+                        .unwrap();
+                    held = Some(k);
+                }
+            }
+        })
+    });
+    // The floor: a frame of the same size written where the log's next frame would go, into a
+    // zero-filled file, and fdatasync'd.
+    let mut frame = Vec::new();
+    wal::encode_frame(
+        &[Record::Assign {
+            key: keys[0].clone(),
+            address: std::net::Ipv4Addr::new(10, 0, 16, 1),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            at: UnixMillis(1),
+        }],
+        &mut frame,
+    );
+    let f = std::fs::File::create(dir.path().join("bare.log")).unwrap();
+    {
+        use std::io::Write;
+        (&f).write_all(&vec![0u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let mut at = 64u64;
+    g.bench_function("bare_append_fdatasync", |b| {
+        b.iter(|| {
+            use std::os::unix::fs::FileExt;
+            if at + frame.len() as u64 > 1 << 20 {
+                at = 64;
+            }
+            f.write_all_at(&frame, at).unwrap();
+            f.sync_data().unwrap();
+            at += frame.len() as u64;
+        })
+    });
+    g.finish();
+}
+
 fn checkpointed(c: &mut Criterion) {
-    let dir =
-        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir = bench_dir();
     let mut g = c.benchmark_group("checkpointed");
     g.sample_size(20).measurement_time(Duration::from_secs(8));
     let pod = PodInfo::default();
     for batch in [1usize, 8, 32] {
-        let (ds, keys) = pool(Duration::from_millis(1));
-        let sink = FileCheckpoint::new(dir.path().join(format!("cp-{batch}.json"))).unwrap();
-        let mut store = Store::new(ds, sink);
+        let (mut store, keys) = durable_store(dir.path(), &format!("cp-{batch}.json"));
         let mut now = 1u64;
         let mut i = 0usize;
-        // Each iteration: `batch` allocations in one write, then their releases in one write.
+        // Each iteration: `batch` allocations in one commit, then their releases in one commit.
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(format!("allocate_release_pairs_batch_{batch}"), |b| {
             b.iter_batched(
@@ -105,14 +205,13 @@ fn checkpointed(c: &mut Criterion) {
     g.finish();
 }
 
-/// The floor: the same file operations as one checkpoint write (write a temp file of the same
-/// size, fsync it, rename it, fsync the directory) without building the JSON.
+/// The old design's floor: the file operations of one whole-checkpoint rewrite (write a temp
+/// file of the snapshot's size, fsync it, rename it, fsync the directory), without the JSON.
 fn fsync_floor(c: &mut Criterion) {
     use std::io::Write;
-    let dir =
-        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir = bench_dir();
     let (ds, _) = pool(Duration::from_millis(1));
-    let bytes = serde_json::to_vec(&prefixd::core::CheckpointV1::of(&ds)).unwrap();
+    let bytes = Snapshot::of(&ds, 1, 1).to_bytes();
     let (tmp, path) = (dir.path().join("f.tmp"), dir.path().join("f.json"));
     let dirf = std::fs::File::open(dir.path()).unwrap();
     let mut g = c.benchmark_group("checkpointed");
@@ -129,5 +228,11 @@ fn fsync_floor(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, in_memory, checkpointed, fsync_floor);
+criterion_group!(
+    benches,
+    in_memory,
+    durable_change,
+    checkpointed,
+    fsync_floor
+);
 criterion_main!(benches);

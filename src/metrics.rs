@@ -67,6 +67,7 @@ pub struct Metrics {
     prefix_unsupported: Gauge,
     checkpoint_latency: Histogram,
     stranded_total: Counter,
+    torn_tail: Counter,
     stranded: Gauge,
     leaked_enis_deleted: Counter,
     host_repairs: Family<RepairLabel, Counter>,
@@ -98,6 +99,7 @@ impl Metrics {
             prefix_unsupported: Gauge::default(),
             checkpoint_latency: latency_histogram(),
             stranded_total: Counter::default(),
+            torn_tail: Counter::default(),
             stranded: Gauge::default(),
             leaked_enis_deleted: Counter::default(),
             host_repairs: Family::default(),
@@ -117,7 +119,8 @@ impl Metrics {
             "planner_decisions" => m.decisions, "Planner decisions (grow, release, steady, at_capacity)";
             "fallback_active" => m.fallback, "1 while secondary addresses are used because no prefix can be had";
             "prefix_delegation_unsupported" => m.prefix_unsupported, "1 when the EC2 endpoint assigned no prefix for an Assign that succeeded";
-            "checkpoint_write_seconds" => m.checkpoint_latency, "Checkpoint write latency (write, fsync, rename)";
+            "checkpoint_write_seconds" => m.checkpoint_latency, "Checkpoint commit latency (a log append and its fdatasync, or a compaction)";
+            "checkpoint_torn_tail_bytes" => m.torn_tail, "Bytes of a torn last checkpoint-log record discarded at start-up (a crash during a write never acknowledged)";
             "allocations_stranded" => m.stranded_total, "Allocations stranded because EC2 stopped listing their block while the pod lived (kept until its DEL or GC)";
             "stranded_allocations" => m.stranded, "Allocations stranded now: their pods live, their addresses are not attached, and no other pod gets them";
             "leaked_enis_deleted" => m.leaked_enis_deleted, "Leaked available ENIs deleted by the sweep";
@@ -191,6 +194,11 @@ impl Metrics {
     /// One checkpoint write.
     pub fn checkpoint_write(&self, took: Duration) {
         self.checkpoint_latency.observe(took.as_secs_f64());
+    }
+
+    /// A torn log tail discarded at start-up.
+    pub fn torn_tail(&self, bytes: u64) {
+        self.torn_tail.inc_by(bytes);
     }
 
     /// Allocations stranded on load or resync.

@@ -323,7 +323,7 @@ fn sigkill_during_an_add_del_storm_loses_nothing() {
     let cp: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("checkpoint.json")).unwrap())
             .unwrap();
-    assert_eq!(cp["version"], 1);
+    assert_eq!(cp["version"], 2);
     assert_eq!(
         cp["allocations"].as_array().unwrap().len(),
         ledger.lock().unwrap().held.len()

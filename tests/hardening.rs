@@ -235,14 +235,39 @@ async fn a_full_node_gc_works_over_the_socket() {
     a.agent.shutdown().await.unwrap();
 }
 
+/// `chattr +i` on a file for as long as it lives (so that a failing test leaves a removable file).
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Self {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .expect("chattr (e2fsprogs) runs");
+        assert!(ok.success(), "chattr +i {}", path.display());
+        Self(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_checkpoint_and_a_failed_write_is_undone() {
     let mock = start_mock(NODE).await;
     let node = mock.id("node").unwrap().to_owned();
     let a = start_agent_in(&mock, &node, &[], tempfile::tempdir().unwrap(), 1).await;
-    // As root no permission stops a write; a directory where the temporary file goes does.
-    let tmp = a.dir.path().join("checkpoint.json.tmp");
-    std::fs::create_dir(&tmp).unwrap();
+    // As root no permission stops a write; the immutable attribute does: the log's appends
+    // fail (EPERM), and so does the rename a compaction makes over it.
+    let log = a.dir.path().join("checkpoint.json.log");
+    let immutable = Immutable::set(&log);
     let r = add(&a.socket, "p", 5_000).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::Internal);
     assert!(held(&a.agent).await.is_empty(), "an undurable ADD was kept");
@@ -251,7 +276,7 @@ async fn readiness_follows_the_checkpoint_and_a_failed_write_is_undone() {
     let r = add(&a.socket, "q", 5_000).await;
     assert_eq!(r.error.unwrap().kind, ErrorKind::NotReady);
     // Fixed: the agent finds out by itself and serves again.
-    std::fs::remove_dir(&tmp).unwrap();
+    drop(immutable);
     eventually(10, "ready again", async || {
         a.agent.status.readiness().is_ok()
     })

@@ -22,9 +22,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::core::checkpoint::{CheckpointError, CheckpointSink, LoadReport, MemoryCheckpoint};
+use crate::core::checkpoint::{CheckpointError, LoadReport};
 use crate::core::datastore::{BlockId, Datastore};
 use crate::core::inventory::{Inventory, Totals};
+use crate::core::journal::{Journal, MemoryJournal};
 use crate::core::planner::{Limits, PoolSnapshot};
 use crate::core::{
     Change, DatastoreError, EniId, Outcome, PodInfo, PodKey, Store, StoreError, UnixMillis,
@@ -196,6 +197,7 @@ pub(super) fn start_threaded(
 ) -> Result<(PoolHandle, LoadReport), CheckpointError> {
     let (store, report) = Store::open(checkpoint, cooldown, discard, clock.now())?;
     metrics.stranded(report.stranded.len() as u64);
+    metrics.torn_tail(report.torn_tail_bytes as u64);
     let (tx, rx) = mpsc::channel();
     let counters = Arc::new(Counters::default());
     let owner = Owner::new(
@@ -235,7 +237,7 @@ pub(super) fn start_inline(
     let counters = Arc::new(Counters::default());
     let store = Store::new(
         Datastore::new(cooldown),
-        Box::new(MemoryCheckpoint::default()) as Box<dyn CheckpointSink + Send>,
+        Box::new(MemoryJournal::default()) as Box<dyn Journal + Send>,
     );
     let owner = Owner::new(store, counters.clone(), wake, metrics, clock, status);
     PoolHandle {
@@ -348,7 +350,7 @@ impl PoolHandle {
 }
 
 struct Owner {
-    store: Store<Box<dyn CheckpointSink + Send>>,
+    store: Store<Box<dyn Journal + Send>>,
     waiters: VecDeque<Waiter>,
     counters: Arc<Counters>,
     wake: Arc<Notify>,
@@ -376,7 +378,7 @@ enum Route {
 
 impl Owner {
     fn new(
-        store: Store<Box<dyn CheckpointSink + Send>>,
+        store: Store<Box<dyn Journal + Send>>,
         counters: Arc<Counters>,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,

@@ -1,13 +1,12 @@
-//! The on-disk checkpoint: its versioned JSON format, and writing it so that a crash at any
-//! instant leaves either the old file or the new one, whole.
+//! The snapshot: the whole pool as versioned JSON, the base that the change log (see
+//! [`super::wal`] and [`super::journal`]) continues; and the errors of reading and writing both.
 //!
-//! Write: serialize, write `PATH.tmp`, fsync it, rename it over `PATH`, fsync the directory.
 //! Read: at most [`MAX_CHECKPOINT_BYTES`]; an unknown version, bad JSON or contradictory content
 //! (one address held twice) is an error that names the file and [`DISCARD_FLAG`], never a silent
-//! reset that could hand one address to two pods.
+//! reset that could hand one address to two pods. Version 1 (a snapshot with no log, written by
+//! earlier prefixd) is read and migrated; version 2 names the store and generation its log
+//! continues.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -16,8 +15,11 @@ use serde::{Deserialize, Serialize};
 use super::datastore::{Allocation, Datastore, PodInfo};
 use super::types::{EniId, PodKey, Prefix28, UnixMillis};
 
-/// The format version this build writes and reads.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// The snapshot format this build writes.
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// The snapshot format of earlier prefixd: the whole pool rewritten on every change, no log.
+/// Read and migrated.
+pub const CHECKPOINT_V1: u32 = 1;
 /// Largest checkpoint read; a bigger file is refused rather than read into memory.
 pub const MAX_CHECKPOINT_BYTES: u64 = 64 << 20;
 /// The flag that starts the agent without its checkpoint; named in every load error.
@@ -63,8 +65,8 @@ pub enum CheckpointError {
     },
     /// Written by a newer (or unknown) prefixd.
     #[error(
-        "checkpoint {path} has version {version}, but this prefixd reads only version \
-         {CHECKPOINT_VERSION}; run the prefixd that wrote it, or start once with {DISCARD_FLAG} \
+        "checkpoint {path} has version {version}, but this prefixd reads only versions \
+         {CHECKPOINT_V1} and {CHECKPOINT_VERSION}; run the prefixd that wrote it, or start once with {DISCARD_FLAG} \
          to throw it away"
     )]
     UnknownVersion {
@@ -84,6 +86,30 @@ pub enum CheckpointError {
         /// Its size.
         size: u64,
     },
+    /// A log record before the tail is damaged (a torn last record is not an error).
+    #[error(
+        "checkpoint log {path}: {why}; refusing to start, since the changes after it would be \
+         lost. Inspect or move the file, or start once with {DISCARD_FLAG} to throw the \
+         checkpoint and its log away"
+    )]
+    LogCorrupt {
+        /// The log.
+        path: PathBuf,
+        /// What is wrong, and where.
+        why: String,
+    },
+    /// The log does not continue the snapshot beside it (another store's, a newer generation,
+    /// missing, or without a snapshot).
+    #[error(
+        "checkpoint log {path} does not belong to its snapshot: {why}; refusing to start. \
+         Inspect or move the files, or start once with {DISCARD_FLAG} to throw them away"
+    )]
+    LogMismatch {
+        /// The log.
+        path: PathBuf,
+        /// How it differs.
+        why: String,
+    },
     /// Injected by a test sink.
     #[error("checkpoint write failed: {0}")]
     Injected(String),
@@ -100,16 +126,24 @@ impl CheckpointError {
                 | Self::Inconsistent { .. }
                 | Self::UnknownVersion { .. }
                 | Self::TooLarge { .. }
+                | Self::LogCorrupt { .. }
+                | Self::LogMismatch { .. }
         )
     }
 }
 
-/// Version 1 of the checkpoint.
+/// The snapshot (versions 1 and 2; version 1 has no store or generation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CheckpointV1 {
-    /// Always 1.
+pub struct Snapshot {
+    /// [`CHECKPOINT_VERSION`] when written by this build.
     pub version: u32,
+    /// Random id of the store, repeated in its log's header (0 in version 1).
+    #[serde(default)]
+    pub store: u64,
+    /// Bumped by every snapshot; the log that continues it carries the same (0 in version 1).
+    #[serde(default)]
+    pub generation: u64,
     /// The ENIs and what was attached to them when it was written (EC2 stays the authority).
     pub enis: Vec<EniRecord>,
     /// Who holds which address.
@@ -170,11 +204,19 @@ pub struct LoadReport {
     pub stranded: Vec<(PodKey, Ipv4Addr)>,
     /// Cooldowns outside every attached block: dropped.
     pub dropped_cooldowns: usize,
+    /// Log records (batches) replayed onto the snapshot.
+    pub replayed_batches: usize,
+    /// Bytes of a torn last log record, discarded: a crash during an append never acknowledged.
+    pub torn_tail_bytes: usize,
+    /// The snapshot was version 1, migrated.
+    pub migrated_v1: bool,
+    /// A log older than its snapshot (a compaction interrupted after the snapshot) was ignored.
+    pub stale_log: bool,
 }
 
-impl CheckpointV1 {
-    /// The checkpoint of a datastore, in a stable order (so equal states write equal bytes).
-    pub fn of(ds: &Datastore) -> Self {
+impl Snapshot {
+    /// The snapshot of a datastore, in a stable order (so equal states write equal bytes).
+    pub fn of(ds: &Datastore, store: u64, generation: u64) -> Self {
         let enis = ds
             .enis()
             .iter()
@@ -207,6 +249,8 @@ impl CheckpointV1 {
         cooldowns.sort_by_key(|c| c.address);
         Self {
             version: CHECKPOINT_VERSION,
+            store,
+            generation,
             enis,
             allocations,
             cooldowns,
@@ -260,6 +304,13 @@ impl CheckpointV1 {
         Ok((ds, report))
     }
 
+    /// The snapshot as the bytes of its file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = serde_json::to_vec(self).expect("snapshot serializes");
+        b.push(b'\n');
+        b
+    }
+
     /// Parses checkpoint bytes, checking the version before the shape.
     pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
         #[derive(Deserialize)]
@@ -271,174 +322,13 @@ impl CheckpointV1 {
             source,
         };
         let v: VersionOnly = serde_json::from_slice(bytes).map_err(corrupt)?;
-        if v.version != u64::from(CHECKPOINT_VERSION) {
+        if v.version != u64::from(CHECKPOINT_VERSION) && v.version != u64::from(CHECKPOINT_V1) {
             return Err(CheckpointError::UnknownVersion {
                 path: path.to_owned(),
                 version: v.version,
             });
         }
         serde_json::from_slice(bytes).map_err(corrupt)
-    }
-}
-
-/// Where checkpoints go. The store calls `write` before it tells a caller about a change.
-pub trait CheckpointSink {
-    /// Makes `cp` durable, replacing the previous one.
-    fn write(&mut self, cp: &CheckpointV1) -> Result<(), CheckpointError>;
-}
-
-impl<T: CheckpointSink + ?Sized> CheckpointSink for Box<T> {
-    fn write(&mut self, cp: &CheckpointV1) -> Result<(), CheckpointError> {
-        (**self).write(cp)
-    }
-}
-
-/// A checkpoint in a file, replaced atomically.
-#[derive(Debug)]
-pub struct FileCheckpoint {
-    path: PathBuf,
-    tmp: PathBuf,
-    dir: PathBuf,
-    /// Kept open so that each write's directory fsync costs no open(2).
-    dir_handle: Option<File>,
-    buf: Vec<u8>,
-}
-
-impl FileCheckpoint {
-    /// A checkpoint at `path`; its directory is created if missing.
-    pub fn new(path: impl Into<PathBuf>) -> Result<Self, CheckpointError> {
-        let path = path.into();
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
-            path: dir.clone(),
-            op: "create directory",
-            source,
-        })?;
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        Ok(Self {
-            path,
-            tmp: tmp.into(),
-            dir,
-            dir_handle: None,
-            buf: Vec::with_capacity(4096),
-        })
-    }
-
-    /// The checkpoint's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Reads the checkpoint; `None` when there is none yet (a node's first start).
-    pub fn load(&self) -> Result<Option<CheckpointV1>, CheckpointError> {
-        let io = |op, source| CheckpointError::Io {
-            path: self.path.clone(),
-            op,
-            source,
-        };
-        let file = match File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("open", e)),
-        };
-        let size = file.metadata().map_err(|e| io("stat", e))?.len();
-        if size > MAX_CHECKPOINT_BYTES {
-            return Err(CheckpointError::TooLarge {
-                path: self.path.clone(),
-                size,
-            });
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        file.take(MAX_CHECKPOINT_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| io("read", e))?;
-        CheckpointV1::from_slice(&bytes, &self.path).map(Some)
-    }
-
-    /// Moves the checkpoint aside as `PATH.discarded-<ms>` (what the discard flag does), so
-    /// that nothing is deleted by a flag; returns the new name, or `None` if there was none.
-    pub fn discard(&self, now: UnixMillis) -> Result<Option<PathBuf>, CheckpointError> {
-        if !self.path.exists() {
-            return Ok(None);
-        }
-        let mut aside = self.path.clone().into_os_string();
-        aside.push(format!(".discarded-{}", now.0));
-        let aside = PathBuf::from(aside);
-        fs::rename(&self.path, &aside).map_err(|source| CheckpointError::Io {
-            path: self.path.clone(),
-            op: "rename aside",
-            source,
-        })?;
-        Ok(Some(aside))
-    }
-
-    fn write_bytes(&mut self) -> Result<(), CheckpointError> {
-        let io = |path: &Path, op, source| CheckpointError::Io {
-            path: path.to_owned(),
-            op,
-            source,
-        };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&self.tmp)
-            .map_err(|e| io(&self.tmp, "create", e))?;
-        f.write_all(&self.buf)
-            .map_err(|e| io(&self.tmp, "write", e))?;
-        f.sync_all().map_err(|e| io(&self.tmp, "fsync", e))?;
-        drop(f);
-        fs::rename(&self.tmp, &self.path).map_err(|e| io(&self.path, "rename", e))?;
-        if self.dir_handle.is_none() {
-            self.dir_handle = Some(File::open(&self.dir).map_err(|e| io(&self.dir, "open", e))?);
-        }
-        let dir = self.dir_handle.as_ref().expect("opened above");
-        dir.sync_all()
-            .map_err(|e| io(&self.dir, "fsync directory", e))?;
-        Ok(())
-    }
-}
-
-impl CheckpointSink for FileCheckpoint {
-    fn write(&mut self, cp: &CheckpointV1) -> Result<(), CheckpointError> {
-        self.buf.clear();
-        serde_json::to_writer(&mut self.buf, cp).expect("checkpoint serializes");
-        self.buf.push(b'\n');
-        let r = self.write_bytes();
-        if r.is_err() {
-            // The directory may have been replaced; reopen it next time.
-            self.dir_handle = None;
-        }
-        r
-    }
-}
-
-/// A sink that keeps the last checkpoint in memory as bytes: for tests and benchmarks of the
-/// in-memory path. `fail_next` makes the next writes fail.
-#[derive(Debug, Default)]
-pub struct MemoryCheckpoint {
-    /// The last checkpoint written, serialized as the file would be.
-    pub bytes: Vec<u8>,
-    /// Writes so far.
-    pub writes: u64,
-    /// How many of the next writes fail.
-    pub fail_next: u32,
-}
-
-impl CheckpointSink for MemoryCheckpoint {
-    fn write(&mut self, cp: &CheckpointV1) -> Result<(), CheckpointError> {
-        if self.fail_next > 0 {
-            self.fail_next -= 1;
-            return Err(CheckpointError::Injected("injected by a test".into()));
-        }
-        self.bytes.clear();
-        serde_json::to_writer(&mut self.bytes, cp).expect("checkpoint serializes");
-        self.writes += 1;
-        Ok(())
     }
 }
 
@@ -473,63 +363,36 @@ mod tests {
     }
 
     #[test]
-    fn file_round_trip_restores_equal_datastore() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/checkpoint.json");
-        let mut f = FileCheckpoint::new(&path).unwrap();
-        assert!(f.load().unwrap().is_none());
-        let ds = sample();
-        f.write(&CheckpointV1::of(&ds)).unwrap();
-        assert!(!dir.path().join("sub/checkpoint.json.tmp").exists());
-        let cp = f.load().unwrap().unwrap();
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"version\":1"), "{text}");
-        assert!(text.contains("\"pod_name\":\"web-1\""), "{text}");
-        assert!(text.contains("\"until_ms\":30006"), "{text}");
-        let (back, report) = cp.restore(Duration::from_secs(30), &path).unwrap();
-        assert_eq!(back, ds);
-        back.check_invariants().unwrap();
-        assert_eq!(report.restored, 2);
-        assert!(report.stranded.is_empty());
-    }
-
-    #[test]
     fn corrupt_and_unknown_version_name_the_file_and_flag() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cp.json");
-        let f = FileCheckpoint::new(&path).unwrap();
-
-        fs::write(&path, b"{\"version\":1,\"enis\":[").unwrap();
-        let e = f.load().unwrap_err();
+        let path = Path::new("/var/lib/prefixd/cp.json");
+        let load = |b: &[u8]| Snapshot::from_slice(b, path);
+        let e = load(b"{\"version\":2,\"enis\":[").unwrap_err();
         assert!(matches!(e, CheckpointError::Corrupt { .. }));
         let msg = e.to_string();
         assert!(
             msg.contains(path.to_str().unwrap()) && msg.contains(DISCARD_FLAG),
             "{msg}"
         );
-
-        fs::write(&path, b"{\"version\":7,\"whatever\":true}").unwrap();
-        let e = f.load().unwrap_err();
+        let e = load(b"{\"version\":7,\"whatever\":true}").unwrap_err();
         assert!(matches!(
             e,
             CheckpointError::UnknownVersion { version: 7, .. }
         ));
         assert!(e.to_string().contains(DISCARD_FLAG));
-
-        fs::write(&path, b"").unwrap();
-        assert!(matches!(f.load(), Err(CheckpointError::Corrupt { .. })));
-
-        fs::write(
-            &path,
-            b"{\"version\":1,\"enis\":[],\"allocations\":[],\"cooldowns\":[],\"x\":1}",
-        )
-        .unwrap();
-        assert!(matches!(f.load(), Err(CheckpointError::Corrupt { .. })));
+        assert!(matches!(load(b""), Err(CheckpointError::Corrupt { .. })));
+        let extra = b"{\"version\":1,\"enis\":[],\"allocations\":[],\"cooldowns\":[],\"x\":1}";
+        assert!(matches!(load(extra), Err(CheckpointError::Corrupt { .. })));
+        // Both versions read; equal states write equal bytes.
+        let v1 = load(b"{\"version\":1,\"enis\":[],\"allocations\":[],\"cooldowns\":[]}").unwrap();
+        assert_eq!((v1.store, v1.generation), (0, 0));
+        let s = Snapshot::of(&sample(), 7, 3);
+        assert_eq!(load(&s.to_bytes()).unwrap(), s);
+        assert_eq!(s.to_bytes(), Snapshot::of(&sample(), 7, 3).to_bytes());
     }
 
     #[test]
     fn address_held_twice_is_inconsistent_not_silently_fixed() {
-        let mut cp = CheckpointV1::of(&sample());
+        let mut cp = Snapshot::of(&sample(), 1, 1);
         let mut dup = cp.allocations[0].clone();
         dup.key = PodKey::new("net", "zzz", "eth0").unwrap();
         cp.allocations.push(dup);
@@ -542,7 +405,7 @@ mod tests {
 
     #[test]
     fn allocations_outside_attached_blocks_are_stranded_kept_and_reported() {
-        let mut cp = CheckpointV1::of(&sample());
+        let mut cp = Snapshot::of(&sample(), 1, 1);
         cp.allocations.push(AllocationRecord {
             key: PodKey::new("net", "lost", "eth0").unwrap(),
             address: Ipv4Addr::new(10, 9, 9, 9),
@@ -570,7 +433,7 @@ mod tests {
         assert_eq!(ds.stranded().count(), 1);
         ds.check_invariants().unwrap();
         // Written again, it stays stranded; its DEL ends it.
-        let (mut again, r2) = CheckpointV1::of(&ds)
+        let (mut again, r2) = Snapshot::of(&ds, 1, 1)
             .restore(Duration::from_secs(30), Path::new("cp"))
             .unwrap();
         assert_eq!(again, ds);
@@ -581,37 +444,5 @@ mod tests {
             Ipv4Addr::new(10, 9, 9, 9)
         );
         assert_eq!(again, sample());
-    }
-
-    #[test]
-    fn oversized_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cp.json");
-        let file = File::create(&path).unwrap();
-        file.set_len(MAX_CHECKPOINT_BYTES + 1).unwrap();
-        let e = FileCheckpoint::new(&path).unwrap().load().unwrap_err();
-        assert!(matches!(e, CheckpointError::TooLarge { .. }), "{e}");
-    }
-
-    #[test]
-    fn write_into_missing_directory_fails_with_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d/cp.json");
-        let mut f = FileCheckpoint::new(&path).unwrap();
-        fs::remove_dir(dir.path().join("d")).unwrap();
-        let e = f.write(&CheckpointV1::of(&sample())).unwrap_err();
-        assert!(e.to_string().contains("cp.json.tmp"), "{e}");
-    }
-
-    #[test]
-    fn discard_moves_the_file_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cp.json");
-        fs::write(&path, b"garbage").unwrap();
-        let f = FileCheckpoint::new(&path).unwrap();
-        let aside = f.discard(UnixMillis(42)).unwrap().unwrap();
-        assert!(aside.to_str().unwrap().ends_with("cp.json.discarded-42"));
-        assert!(f.load().unwrap().is_none());
-        assert_eq!(fs::read(aside).unwrap(), b"garbage");
     }
 }

@@ -308,13 +308,21 @@ impl Datastore {
     /// Takes `key`'s address back; it cools down until `now + cooldown`.
     /// A stranded key's release ends its stranding (no block holds the address to cool it).
     pub fn release(&mut self, key: &PodKey, now: UnixMillis) -> Result<Allocation, DatastoreError> {
+        self.release_until(key, now.plus(self.cooldown))
+    }
+
+    /// Takes `key`'s address back to cool until `until` (a release, or its replay from the log).
+    pub(crate) fn release_until(
+        &mut self,
+        key: &PodKey,
+        until: UnixMillis,
+    ) -> Result<Allocation, DatastoreError> {
         let Some(alloc) = self.allocations.remove(key) else {
             return self
                 .stranded
                 .remove(key)
                 .ok_or_else(|| DatastoreError::NotFound(key.clone()));
         };
-        let until = now.plus(self.cooldown);
         let (id, bit) = self
             .locate(alloc.address)
             .expect("an allocated address lies in an attached block");
@@ -718,6 +726,23 @@ impl Datastore {
         self.reindex(id, before, before - 1);
         self.allocations.insert(key, alloc);
         Ok(true)
+    }
+
+    /// Replays an assignment from the log: as `allocate` did it, with the address it chose. The
+    /// live pool had expired that address's cooldown before choosing it; the replayed one may
+    /// not have, so it ends here. Errs when the address or key is held, which only a log that
+    /// contradicts its snapshot can cause.
+    pub(crate) fn replay_assign(&mut self, key: PodKey, alloc: Allocation) -> Result<(), String> {
+        self.stranded.remove(&key);
+        if self.cooling.remove(&alloc.address).is_some() {
+            if let Some((id, bit)) = self.locate(alloc.address) {
+                let block = self.blocks.get_mut(&id).expect("located block exists");
+                let before = block.free(id);
+                block.cooling &= !(1 << bit);
+                self.reindex(id, before, before + 1);
+            }
+        }
+        self.restore_allocation(key, alloc).map(drop)
     }
 
     /// Puts back a cooldown read from a checkpoint; `Ok(false)` when outside every block.

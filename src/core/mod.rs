@@ -1,13 +1,15 @@
 //! The pure core: identifiers, the address datastore and its checkpoint, the warm-pool planner
 //! and the resync diff, settings and backoff. Nothing here does network I/O, needs an async
-//! runtime or names an AWS crate; the checkpoint is the only file I/O.
+//! runtime or names an AWS crate; the checkpoint (snapshot and log) is the only file I/O.
 
 pub mod backoff;
 pub mod checkpoint;
 pub mod config;
+pub mod crc32c;
 pub mod datastore;
 pub mod instance_types;
 pub mod inventory;
+pub mod journal;
 pub mod planner;
 pub mod resync;
 pub mod rng;
@@ -15,11 +17,13 @@ pub mod settings;
 pub mod sha1;
 pub mod store;
 pub mod types;
+pub mod wal;
 
-pub use checkpoint::{CheckpointError, CheckpointV1, FileCheckpoint, LoadReport};
+pub use checkpoint::{CheckpointError, LoadReport, Snapshot};
 pub use config::{Mode, PoolConfig, Targets};
 pub use datastore::{Allocated, Allocation, BlockId, Datastore, DatastoreError, PodInfo};
 pub use inventory::Inventory;
+pub use journal::{FileJournal, Journal, MemoryJournal};
 pub use planner::{Limits, Plan, PoolSnapshot, plan};
 pub use store::{Change, Outcome, Store, StoreError};
 pub use types::{EniId, InstanceId, PodKey, Prefix28, SubnetId, UnixMillis};

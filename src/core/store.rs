@@ -1,21 +1,21 @@
-//! The datastore made durable: every change a caller is told about is in the checkpoint first.
+//! The datastore made durable: every change a caller is told about is in the journal first.
 //!
 //! Changes arrive one at a time or as a batch ([`Store::apply_batch`]); a batch is applied in
-//! memory and then written with one checkpoint write (group commit), which is how the agent's
-//! pool owner turns many concurrent ADDs into one fsync. If the write fails, every change of the
-//! batch is undone, in reverse order, and each caller gets the error: memory never runs ahead
-//! of the disk.
+//! memory, and what it did is committed to the journal as one log record (group commit), which
+//! is how the agent's pool owner turns many concurrent ADDs into one fdatasync. If the commit
+//! fails, every change of the batch is undone, in reverse order, and each caller gets the error:
+//! memory never runs ahead of the disk.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::checkpoint::{
-    CheckpointError, CheckpointSink, CheckpointV1, FileCheckpoint, LoadReport,
-};
+use super::checkpoint::{CheckpointError, LoadReport};
 use super::datastore::{Allocated, Allocation, Datastore, DatastoreError, PodInfo};
+use super::journal::{FileJournal, Journal};
 use super::types::{EniId, PodKey, Prefix28, UnixMillis};
+use super::wal::Record;
 
 /// Why a change was not made. Nothing changed, in memory or on disk, when one is returned.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,49 +109,55 @@ enum Undo {
     Restore(Box<Datastore>),
 }
 
-/// A [`Datastore`] whose acknowledged changes are in a checkpoint.
-pub struct Store<S> {
+/// A [`Datastore`] whose acknowledged changes are in a journal.
+pub struct Store<J> {
     ds: Datastore,
-    sink: S,
+    journal: J,
     writes: u64,
 }
 
-impl Store<FileCheckpoint> {
-    /// Opens the checkpoint at `path`: restores it when present, starts empty when there is none.
-    /// With `discard`, a checkpoint that cannot be used (corrupt, contradictory, of another
-    /// version) is moved aside (never deleted) and the pool starts empty; a readable one is
-    /// kept, whatever the flag says, since forgetting live allocations would give their
-    /// addresses to second pods. Allocations outside every attached block are stranded, logged
-    /// and listed in the report; cooldowns are capped at `now` + the cooldown.
+impl Store<FileJournal> {
+    /// Opens the checkpoint at `path` (snapshot and log): restores it when present, starts
+    /// empty when there is none, and compacts it (a new snapshot and an empty log), which also
+    /// migrates a version 1 checkpoint. With `discard`, a checkpoint that cannot be used
+    /// (corrupt, contradictory, of another version, a log that does not belong) is moved aside
+    /// (never deleted) and the pool starts empty; a readable one is kept, whatever the flag
+    /// says, since forgetting live allocations would give their addresses to second pods.
+    /// Allocations outside every attached block are stranded, logged and listed in the report;
+    /// cooldowns are capped at `now` + the cooldown.
     pub fn open(
         path: &Path,
         cooldown: Duration,
         discard: bool,
         now: UnixMillis,
     ) -> Result<(Self, LoadReport), CheckpointError> {
-        let file = FileCheckpoint::new(path)?;
-        let loaded = file
-            .load()
-            .and_then(|cp| cp.map(|cp| cp.restore(cooldown, path)).transpose());
-        let (mut ds, report) = match loaded {
-            Ok(Some(restored)) => {
+        let (journal, recovered) = match FileJournal::open(path, cooldown) {
+            Ok(opened) => {
                 if discard {
                     tracing::warn!(checkpoint = %path.display(),
                         "DISCARD_CHECKPOINT is set but the checkpoint is readable: it is kept \
                          (discarding it would give live pods' addresses to new pods); unset it");
                 }
-                restored
+                opened
             }
-            Ok(None) => (Datastore::new(cooldown), LoadReport::default()),
             Err(e) if discard && e.is_unreadable() => {
-                let aside = file.discard(now)?;
+                let aside = FileJournal::discard(path, now)?;
                 tracing::warn!(checkpoint = %path.display(), error = %e,
-                    moved_to = ?aside.as_ref().map(|a| a.display().to_string()),
+                    moved_to = ?aside.iter().map(|a| a.display().to_string()).collect::<Vec<_>>(),
                     "unreadable checkpoint moved aside on request: starting with an empty pool");
-                (Datastore::new(cooldown), LoadReport::default())
+                FileJournal::open(path, cooldown)?
             }
             Err(e) => return Err(e),
         };
+        let (mut ds, report) = (recovered.ds, recovered.report);
+        if report.torn_tail_bytes > 0 {
+            tracing::warn!(log = %journal.log_path().display(), bytes = report.torn_tail_bytes,
+                "torn last record of the checkpoint log discarded (a crash during a write \
+                 that was never acknowledged)");
+        }
+        if report.migrated_v1 {
+            tracing::info!(checkpoint = %path.display(), "version 1 checkpoint migrated");
+        }
         let capped = ds.cap_cooldowns(now);
         if capped > 0 {
             tracing::warn!(checkpoint = %path.display(), capped,
@@ -162,28 +168,31 @@ impl Store<FileCheckpoint> {
                 "stranded allocation: its address lies in no attached block; kept until its DEL");
         }
         tracing::info!(checkpoint = %path.display(), restored = report.restored,
-            stranded = report.stranded.len(), "checkpoint loaded");
-        Ok((Self::new(ds, file), report))
+            stranded = report.stranded.len(), replayed = report.replayed_batches,
+            "checkpoint loaded");
+        let mut store = Self::new(ds, journal);
+        store.flush()?;
+        Ok((store, report))
     }
 }
 
-impl<S: CheckpointSink + Send + 'static> Store<S> {
-    /// The same store with its sink behind a box, so that owners can hold any sink.
-    pub fn boxed(self) -> Store<Box<dyn CheckpointSink + Send>> {
+impl<J: Journal + Send + 'static> Store<J> {
+    /// The same store with its journal behind a box, so that owners can hold any journal.
+    pub fn boxed(self) -> Store<Box<dyn Journal + Send>> {
         Store {
             ds: self.ds,
-            sink: Box::new(self.sink),
+            journal: Box::new(self.journal),
             writes: self.writes,
         }
     }
 }
 
-impl<S: CheckpointSink> Store<S> {
-    /// Wraps a datastore and a sink. The current state is not written until the first change.
-    pub fn new(ds: Datastore, sink: S) -> Self {
+impl<J: Journal> Store<J> {
+    /// Wraps a datastore and a journal. Nothing is written until the first change or flush.
+    pub fn new(ds: Datastore, journal: J) -> Self {
         Self {
             ds,
-            sink,
+            journal,
             writes: 0,
         }
     }
@@ -193,17 +202,22 @@ impl<S: CheckpointSink> Store<S> {
         &self.ds
     }
 
-    /// The sink.
-    pub fn sink(&self) -> &S {
-        &self.sink
+    /// The journal.
+    pub fn journal(&self) -> &J {
+        &self.journal
     }
 
-    /// The sink, mutably (tests inject faults through it).
-    pub fn sink_mut(&mut self) -> &mut S {
-        &mut self.sink
+    /// The journal, without the store.
+    pub fn into_journal(self) -> J {
+        self.journal
     }
 
-    /// Checkpoint writes made.
+    /// The journal, mutably (tests inject faults through it).
+    pub fn journal_mut(&mut self) -> &mut J {
+        &mut self.journal
+    }
+
+    /// Durable writes made (commits and snapshots).
     pub fn writes(&self) -> u64 {
         self.writes
     }
@@ -213,9 +227,10 @@ impl<S: CheckpointSink> Store<S> {
         self.ds.expire(now);
     }
 
-    /// Writes the current state (at start-up, and on shutdown).
+    /// Writes the current state whole and starts a new log (at start-up, on shutdown, and to
+    /// find out whether a failing disk works again).
     pub fn flush(&mut self) -> Result<(), CheckpointError> {
-        self.sink.write(&CheckpointV1::of(&self.ds))?;
+        self.journal.snapshot(&self.ds)?;
         self.writes += 1;
         Ok(())
     }
@@ -248,7 +263,7 @@ impl<S: CheckpointSink> Store<S> {
             .expect("one result per change")
     }
 
-    /// Applies changes in order, then writes one checkpoint for all that changed anything.
+    /// Applies changes in order, then commits one record of all that changed anything.
     /// Returns one result per change, in order.
     pub fn apply_batch(
         &mut self,
@@ -258,6 +273,7 @@ impl<S: CheckpointSink> Store<S> {
         let mut results = Vec::with_capacity(changes.len());
         let mut alloc_keys = Vec::with_capacity(changes.len());
         let mut undo = Vec::new();
+        let mut records = Vec::new();
         for change in changes {
             alloc_keys.push(match &change {
                 Change::Allocate { key, .. } => Some(key.clone()),
@@ -265,8 +281,9 @@ impl<S: CheckpointSink> Store<S> {
             });
             let r = self.apply_one(change, now);
             results.push(r.map(|(outcome, u)| {
-                if let Some(u) = u {
+                if let Some((u, record)) = u {
                     undo.push(u);
+                    records.push(record);
                 }
                 outcome
             }));
@@ -274,14 +291,14 @@ impl<S: CheckpointSink> Store<S> {
         if undo.is_empty() {
             return results;
         }
-        match self.sink.write(&CheckpointV1::of(&self.ds)) {
+        match self.journal.commit(&records, &self.ds) {
             Ok(()) => {
                 self.writes += 1;
                 results
             }
             Err(e) => {
                 tracing::error!(error = %e, changes = undo.len(),
-                    "checkpoint write failed: undoing the changes");
+                    "checkpoint commit failed: undoing the changes");
                 while let Some(u) = undo.pop() {
                     match u {
                         Undo::Allocate(key) => self.ds.undo_allocate(&key),
@@ -314,61 +331,92 @@ impl<S: CheckpointSink> Store<S> {
         &mut self,
         change: Change,
         now: UnixMillis,
-    ) -> Result<(Outcome, Option<Undo>), StoreError> {
+    ) -> Result<(Outcome, Option<(Undo, Record)>), StoreError> {
         let ds = &mut self.ds;
+        let assign = |key: &PodKey, pod: &PodInfo, address| Record::Assign {
+            key: key.clone(),
+            address,
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            at: now,
+        };
+        let until = now.plus(ds.cooldown());
         Ok(match change {
             // A stranded key's change touches the stranded set, which only a copy undoes.
             Change::Allocate { key, pod } if ds.is_stranded(&key) => {
                 let before = Box::new(ds.clone());
-                let a = ds.allocate(key, pod, now)?;
-                (Outcome::Allocated(a), Some(Undo::Restore(before)))
+                let a = ds.allocate(key.clone(), pod.clone(), now)?;
+                let record = assign(&key, &pod, a.address);
+                (Outcome::Allocated(a), Some((Undo::Restore(before), record)))
             }
             Change::Release { key } if ds.is_stranded(&key) => {
                 let before = Box::new(ds.clone());
                 let alloc = ds.release(&key, now)?;
-                (Outcome::Released(alloc), Some(Undo::Restore(before)))
+                let record = Record::Release { key, until };
+                (
+                    Outcome::Released(alloc),
+                    Some((Undo::Restore(before), record)),
+                )
             }
             Change::Allocate { key, pod } => {
-                let undo_key = key.clone();
-                let a = ds.allocate(key, pod, now)?;
-                let undo = a.new.then_some(Undo::Allocate(undo_key));
+                let record_pod = pod.clone();
+                let a = ds.allocate(key.clone(), pod, now)?;
+                let undo = a.new.then(|| {
+                    let record = assign(&key, &record_pod, a.address);
+                    (Undo::Allocate(key), record)
+                });
                 (Outcome::Allocated(a), undo)
             }
             Change::Release { key } => {
                 let alloc = ds.release(&key, now)?;
+                let record = Record::Release {
+                    key: key.clone(),
+                    until,
+                };
                 (
                     Outcome::Released(alloc.clone()),
-                    Some(Undo::Release(key, alloc)),
+                    Some((Undo::Release(key, alloc), record)),
                 )
             }
             structural => {
                 let before = Box::new(ds.clone());
-                let outcome = match structural {
+                let (outcome, record) = match structural {
                     Change::AddEni {
                         id,
                         device_index,
                         primary,
-                    } => ds
-                        .add_eni(id, device_index, primary)
-                        .map(|()| Outcome::Done),
-                    Change::RemoveEni { id, force } => {
-                        ds.remove_eni(&id, force).map(Outcome::Removed)
-                    }
-                    Change::AddPrefix { eni, prefix } => {
-                        ds.add_prefix(&eni, prefix).map(|()| Outcome::Done)
-                    }
-                    Change::RemovePrefix { prefix, force } => {
-                        ds.remove_prefix(prefix, force).map(Outcome::Removed)
-                    }
-                    Change::AddSecondaryIp { eni, addr } => {
-                        ds.add_secondary_ip(&eni, addr).map(|()| Outcome::Done)
-                    }
-                    Change::RemoveSecondaryIp { addr, force } => {
-                        ds.remove_secondary_ip(addr, force).map(Outcome::Removed)
-                    }
+                    } => (
+                        ds.add_eni(id.clone(), device_index, primary)
+                            .map(|()| Outcome::Done),
+                        Record::AddEni {
+                            id,
+                            device_index,
+                            primary,
+                        },
+                    ),
+                    Change::RemoveEni { id, force } => (
+                        ds.remove_eni(&id, force).map(Outcome::Removed),
+                        Record::RemoveEni { id },
+                    ),
+                    Change::AddPrefix { eni, prefix } => (
+                        ds.add_prefix(&eni, prefix).map(|()| Outcome::Done),
+                        Record::AddPrefix { eni, prefix },
+                    ),
+                    Change::RemovePrefix { prefix, force } => (
+                        ds.remove_prefix(prefix, force).map(Outcome::Removed),
+                        Record::RemovePrefix { prefix },
+                    ),
+                    Change::AddSecondaryIp { eni, addr } => (
+                        ds.add_secondary_ip(&eni, addr).map(|()| Outcome::Done),
+                        Record::AddIp { eni, address: addr },
+                    ),
+                    Change::RemoveSecondaryIp { addr, force } => (
+                        ds.remove_secondary_ip(addr, force).map(Outcome::Removed),
+                        Record::RemoveIp { address: addr },
+                    ),
                     Change::Allocate { .. } | Change::Release { .. } => unreachable!(),
-                }?;
-                (outcome, Some(Undo::Restore(before)))
+                };
+                (outcome?, Some((Undo::Restore(before), record)))
             }
         })
     }
@@ -377,18 +425,15 @@ impl<S: CheckpointSink> Store<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::checkpoint::MemoryCheckpoint;
+    use crate::core::journal::MemoryJournal;
 
     fn key(c: &str) -> PodKey {
         PodKey::new("net", c, "eth0").unwrap()
     }
 
     /// A store with cooldown `cooldown` and one primary ENI carrying `block`.
-    fn store_with(
-        cooldown: Duration,
-        block: impl FnOnce(EniId) -> Change,
-    ) -> Store<MemoryCheckpoint> {
-        let mut s = Store::new(Datastore::new(cooldown), MemoryCheckpoint::default());
+    fn store_with(cooldown: Duration, block: impl FnOnce(EniId) -> Change) -> Store<MemoryJournal> {
+        let mut s = Store::new(Datastore::new(cooldown), MemoryJournal::default());
         let eni: EniId = "eni-1".parse().unwrap();
         for change in [
             Change::AddEni {
@@ -403,19 +448,15 @@ mod tests {
         s
     }
 
-    fn store() -> Store<MemoryCheckpoint> {
+    fn store() -> Store<MemoryJournal> {
         store_with(Duration::from_secs(30), |eni| Change::AddPrefix {
             eni,
             prefix: "10.0.0.16/28".parse().unwrap(),
         })
     }
 
-    fn reload(s: &Store<MemoryCheckpoint>) -> Datastore {
-        CheckpointV1::from_slice(&s.sink().bytes, Path::new("mem"))
-            .unwrap()
-            .restore(Duration::from_secs(30), Path::new("mem"))
-            .unwrap()
-            .0
+    fn reload(s: &Store<MemoryJournal>) -> Datastore {
+        s.journal().recover(Duration::from_secs(30)).unwrap().ds
     }
 
     #[test]
@@ -423,8 +464,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
         let cooldown = Duration::from_secs(30);
-        let (s, _) = Store::open(&path, cooldown, false, UnixMillis(0)).unwrap();
-        let mut s = Store::new(s.datastore().clone(), FileCheckpoint::new(&path).unwrap());
+        let (mut s, _) = Store::open(&path, cooldown, false, UnixMillis(0)).unwrap();
         let eni: EniId = "eni-1".parse().unwrap();
         s.apply(
             Change::AddEni {
@@ -450,10 +490,14 @@ mod tests {
         // Readable: kept, the live pod's address with it, and nothing moved aside.
         let (s, _) = Store::open(&path, cooldown, true, UnixMillis(2)).unwrap();
         assert_eq!(s.datastore().get(&key("live")).unwrap().address, a.address);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "the snapshot and its log"
+        );
         drop(s);
         // Unreadable: refused without the flag, moved aside with it.
-        std::fs::write(&path, b"{\"version\":1,\"enis\":[").unwrap();
+        std::fs::write(&path, b"{\"version\":2,\"enis\":[").unwrap();
         let e = Store::open(&path, cooldown, false, UnixMillis(3))
             .err()
             .unwrap();
@@ -512,17 +556,17 @@ mod tests {
         s.allocate(key("a"), PodInfo::default(), UnixMillis(1))
             .unwrap();
         let before = s.datastore().clone();
-        s.sink_mut().fail_next = 1;
+        s.journal_mut().fail_next = 1;
         let e = s
             .allocate(key("b"), PodInfo::default(), UnixMillis(1))
             .unwrap_err();
         assert!(matches!(e, StoreError::Checkpoint(_)), "{e}");
         assert!(e.to_string().contains("undone"), "{e}");
         assert_eq!(s.datastore(), &before);
-        s.sink_mut().fail_next = 1;
+        s.journal_mut().fail_next = 1;
         assert!(s.release(&key("a"), UnixMillis(1)).is_err());
         assert_eq!(s.datastore(), &before);
-        s.sink_mut().fail_next = 1;
+        s.journal_mut().fail_next = 1;
         assert!(
             s.apply(
                 Change::RemovePrefix {
@@ -570,7 +614,7 @@ mod tests {
         t.allocate(key("x"), PodInfo::default(), UnixMillis(1))
             .unwrap();
         let before = t.datastore().clone();
-        t.sink_mut().fail_next = 1;
+        t.journal_mut().fail_next = 1;
         let results = t.apply_batch(changes, UnixMillis(2));
         assert!(
             results[..9]
@@ -590,7 +634,7 @@ mod tests {
         s.allocate(key("a"), PodInfo::default(), UnixMillis(0))
             .unwrap();
         let before = s.datastore().clone();
-        s.sink_mut().fail_next = 1;
+        s.journal_mut().fail_next = 1;
         let r = s.apply_batch(
             vec![
                 Change::Release { key: key("a") },
