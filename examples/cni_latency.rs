@@ -2,13 +2,18 @@
 //! beside Debian's ptp + host-local, in the same run, interleaved, inside an emulated instance's
 //! namespace of the emulated VPC — the release agent runs there as its node agent, with a warm
 //! pool, discovering itself through that instance's IMDS. Also measured: the IPAM role under
-//! ptp, each IPAM plugin alone (run as ptp runs it: same env, same stdin), and the floor any
-//! exec'd plugin pays (two starts of /bin/true through the same harness).
+//! ptp, each IPAM plugin alone (run as ptp runs it: same env, same stdin), the floor any
+//! exec'd plugin pays (two starts of /bin/true through the same harness), and where prefixd-cni
+//! alone spends its time: two runs of it that stop before the socket (VERSION, same env and
+//! stdin), and the agent's side of an ADD and a DEL spoken over the socket from this process (no
+//! exec), so that the rest is what the plugin itself adds between the two.
 //!
 //! Every plugin runs in the node's namespace (spawned from a thread that entered it) against a
 //! pod namespace of this run's; nothing touches the machine's own network.
 //!
-//! Run as root: `cargo build --release && cargo run --release --example cni_latency [RUNS]`
+//! Run as root: `cargo build --release && ./scripts/build-cni && cargo run --release --example
+//! cni_latency [RUNS]` (build-cni links prefixd-cni statically, as the node image does; the
+//! run says which one it measured)
 //! (`TRACE_NET=bench-main` writes an strace of the main plugin's last ADD and DEL to
 //! /tmp/trace.ADD and /tmp/trace.DEL: how the veth deletion's RCU wait was found).
 
@@ -24,6 +29,7 @@ mod vpc;
 mod support;
 
 use prefixd::hostnet::netns::NetNs;
+use prefixd::ipc::Op;
 use serde_json::{Value, json};
 
 const SCENARIO: &str = r#"{
@@ -118,6 +124,11 @@ async fn main() {
     let node = vpc.netns("node");
     let endpoint = vpc.topology.instances[&vpc.id("node")].endpoint.clone();
     let plugin = support::release_bin("prefixd-cni");
+    let linked = if support::is_static(&plugin) {
+        "statically linked, as the node image builds it"
+    } else {
+        "dynamically linked: run ./scripts/build-cni for the node image's build"
+    };
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
     // A warm pool that never runs dry in the loop: no cooldown (this measures the plugin path,
@@ -148,7 +159,8 @@ async fn main() {
     let hl = "/usr/lib/cni/host-local";
     let pc = plugin.to_str().unwrap().to_owned();
     let node_ns = NetNs::named(&node).unwrap();
-    let mut t: [Vec<Duration>; 6] = Default::default();
+    let mut t: [Vec<Duration>; 10] = Default::default();
+    let rtt_socket = socket.clone();
     let mut t = tokio::task::spawn_blocking(move || {
         node_ns
             .run(|| {
@@ -158,15 +170,41 @@ async fn main() {
                         exec(p, "ADD", c, &id, ns, &cni_path)
                             + exec(p, "DEL", c, &id, ns, &cni_path)
                     };
+                    let agent_side = || {
+                        let key = prefixd::core::PodKey::new("bench-rtt", &id, "eth0").unwrap();
+                        let t0 = Instant::now();
+                        let add = Op::Add {
+                            key: key.clone(),
+                            pod_namespace: "default".into(),
+                            pod_name: "bench".into(),
+                            timeout_ms: 5_000,
+                        };
+                        let r = prefixd::ipc::call(&rtt_socket, add, Duration::from_secs(10));
+                        assert!(r.unwrap().address.is_some());
+                        let t1 = Instant::now();
+                        let del = Op::Del { key, unlink: None };
+                        prefixd::ipc::call(&rtt_socket, del, Duration::from_secs(10)).unwrap();
+                        (t1 - t0, t1.elapsed())
+                    };
                     // Interleaved, the order rotating, so all see the same machine.
-                    for k in 0..6 {
-                        match (i + k) % 6 {
+                    for k in 0..8 {
+                        match (i + k) % 8 {
                             0 => t[0].push(pair(&pc, &main_conf, &main_netns)),
                             1 => t[1].push(pair(ptp, &host_local_conf, &ptp_netns)),
                             2 => t[2].push(pair(ptp, &ipam_conf, &ptp_netns)),
                             3 => t[3].push(pair(&pc, &ipam_conf, &ptp_netns)),
                             4 => t[4].push(pair(hl, &host_local_conf, &ptp_netns)),
-                            _ => t[5].push(pair("/bin/true", &host_local_conf, &ptp_netns)),
+                            5 => t[5].push(pair("/bin/true", &host_local_conf, &ptp_netns)),
+                            6 => t[6].push(
+                                exec(&pc, "VERSION", &ipam_conf, &id, &ptp_netns, &cni_path)
+                                    + exec(&pc, "VERSION", &ipam_conf, &id, &ptp_netns, &cni_path),
+                            ),
+                            _ => {
+                                let (add, del) = agent_side();
+                                t[7].push(add + del);
+                                t[8].push(add);
+                                t[9].push(del);
+                            }
                         }
                     }
                 }
@@ -187,9 +225,14 @@ async fn main() {
         "prefixd-cni IPAM alone",
         "host-local alone",
         "exec floor (/bin/true)",
+        "prefixd-cni VERSION x2",
+        "agent side (socket, no exec)",
+        "  of which the ADD",
+        "  of which the DEL",
     ];
     println!("ADD+DEL latency, {runs} runs each, interleaved, in an emulated node (ms)");
-    let mut p50 = [0.0; 6];
+    println!("  prefixd-cni: {linked}");
+    let mut p50 = [0.0; 10];
     for (i, n) in names.iter().enumerate() {
         p50[i] = pct(&mut t[i], 0.5);
         println!(
@@ -209,5 +252,13 @@ async fn main() {
     println!(
         "  ratio IPAM alone (prefixd-cni / host-local) p50: {:.2}",
         p50[3] / p50[4]
+    );
+    println!(
+        "  prefixd-cni IPAM alone, p50 breakdown: {:.2} starting (beyond /bin/true: {:.2}) + {:.2} \
+         agent side + {:.2} the rest (connect, request, JSON of the result)",
+        p50[6],
+        p50[6] - p50[5],
+        p50[7],
+        p50[3] - p50[6] - p50[7]
     );
 }

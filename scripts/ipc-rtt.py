@@ -11,7 +11,8 @@ def call(path, op):
     s = socket.socket(socket.AF_UNIX)
     s.connect(path)
     s.sendall((json.dumps(op) + "\n").encode())
-    s.shutdown(socket.SHUT_WR)
+    # No half-close: the agent takes a closed end as a caller that went away (as prefixd-cni
+    # does, the connection stays open until the answer has been read).
     out = b""
     while True:
         d = s.recv(65536)

@@ -143,7 +143,9 @@ fn corrupt_checkpoint_stops_the_agent_naming_file_and_flag() {
         "{err}"
     );
     assert!(cp.exists(), "never a silent reset");
-    // With the flag the file is moved aside, and start-up goes on to EC2 (not there: stop it).
+    // With the flag the file is moved aside, a fresh empty checkpoint is written in its place,
+    // and start-up goes on to EC2 (not there: stop it).
+    let corrupt = std::fs::read(&cp).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_prefixd"))
         .arg("agent")
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -151,22 +153,33 @@ fn corrupt_checkpoint_stops_the_agent_naming_file_and_flag() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let aside = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("checkpoint.json.discarded-")
+            })
+            .map(|e| e.path())
+    };
+    let fresh = || {
+        std::fs::read(&cp)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(|v| v["version"] == 2)
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while cp.exists() && std::time::Instant::now() < deadline {
+    while (aside().is_none() || fresh().is_none()) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(!cp.exists());
-    let aside = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("checkpoint.json.discarded-")
-        });
-    assert!(aside, "the discarded checkpoint is kept aside");
+    let aside = aside().expect("the discarded checkpoint is kept aside");
+    assert_eq!(std::fs::read(aside).unwrap(), corrupt);
+    let fresh = fresh().expect("a fresh checkpoint in its place");
+    assert_eq!(fresh["allocations"].as_array().unwrap().len(), 0);
 }
 
 #[test]

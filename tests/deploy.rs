@@ -155,6 +155,11 @@ fn the_node_image_is_built_without_the_test_bench() {
         dockerfile.contains("cargo build --release --locked --bins --no-default-features"),
         "{dockerfile}"
     );
+    // The plugin as nodes run it: static (scripts/test-all builds and checks it that way too).
+    assert!(
+        dockerfile.contains("./scripts/build-cni --no-default-features"),
+        "{dockerfile}"
+    );
     // And that build works: scripts/test-all checks it (`cargo check --no-default-features`).
     let test_all = std::fs::read_to_string("scripts/test-all").unwrap();
     assert!(test_all.contains("cargo check --locked --bins --no-default-features"));

@@ -21,6 +21,19 @@ pub fn release_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Whether an ELF executable has no program interpreter (static or static-pie).
+pub fn is_static(bin: &Path) -> bool {
+    let b = std::fs::read(bin).unwrap();
+    let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    (0..count).all(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) != PT_INTERP
+    })
+}
+
 fn ready(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return false;

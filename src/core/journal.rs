@@ -344,9 +344,17 @@ impl FileJournal {
             .truncate(true)
             .open(&p.log_tmp)
             .map_err(io(&p.log_tmp, "create"))?;
-        let mut init = vec![0u8; capacity];
-        init[..HEADER_LEN].copy_from_slice(&header.encode());
-        log.write_all(&init).map_err(io(&p.log_tmp, "write"))?;
+        // Zero-filled in chunks, so that a compaction does not grow the agent's peak memory.
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        log.write_all(&header.encode())
+            .map_err(io(&p.log_tmp, "write"))?;
+        let mut left = capacity - HEADER_LEN;
+        while left > 0 {
+            let n = left.min(ZEROS.len());
+            log.write_all(&ZEROS[..n])
+                .map_err(io(&p.log_tmp, "write"))?;
+            left -= n;
+        }
         log.sync_all().map_err(io(&p.log_tmp, "fsync"))?;
 
         let bytes = Snapshot::of(state, header.store, header.generation).to_bytes();
