@@ -119,6 +119,23 @@ fn reload(j: &MemoryJournal) -> Datastore {
     j.recover(COOLDOWN).unwrap().ds
 }
 
+/// A batch of allocations (`true`) and releases of keys.
+fn batch(items: &[(bool, u8)]) -> Vec<Change> {
+    items
+        .iter()
+        .map(|&(alloc, i)| {
+            if alloc {
+                Change::Allocate {
+                    key: key(i),
+                    pod: PodInfo::default(),
+                }
+            } else {
+                Change::Release { key: key(i) }
+            }
+        })
+        .collect()
+}
+
 fn new_store() -> Store<MemoryJournal> {
     let mut ds = Datastore::new(COOLDOWN);
     ds.add_eni(eni(0), 0, true).unwrap();
@@ -205,19 +222,7 @@ fn run(ops: Vec<Op>) {
             Op::Advance(ms) => now = UnixMillis(now.0 + u64::from(ms)),
             Op::FailNextWrite => store.journal_mut().fail_next = 1,
             Op::Batch(items) => {
-                let changes: Vec<Change> = items
-                    .iter()
-                    .map(|(alloc, i)| {
-                        if *alloc {
-                            Change::Allocate {
-                                key: key(*i),
-                                pod: PodInfo::default(),
-                            }
-                        } else {
-                            Change::Release { key: key(*i) }
-                        }
-                    })
-                    .collect();
+                let changes = batch(&items);
                 let stranded: std::collections::HashSet<u8> = items
                     .iter()
                     .map(|(_, i)| *i)
@@ -373,19 +378,7 @@ mod torn_tail {
         let mut now = now0;
         for items in ops {
             now += 7_000;
-            let changes = items
-                .iter()
-                .map(|(alloc, i)| {
-                    if *alloc {
-                        Change::Allocate {
-                            key: key(*i),
-                            pod: PodInfo::default(),
-                        }
-                    } else {
-                        Change::Release { key: key(*i) }
-                    }
-                })
-                .collect();
+            let changes = batch(items);
             let before = s.journal().log.len();
             let _ = s.apply_batch(changes, UnixMillis(now));
             if s.journal().log.len() > before {

@@ -534,8 +534,9 @@ impl Journal for MemoryJournal {
 mod tests {
     use super::*;
     use crate::core::datastore::PodInfo;
-    use crate::core::store::{Change, Store};
-    use crate::core::types::{EniId, PodKey};
+    use crate::core::store::Store;
+    use crate::core::store::tests::add_prefix_eni;
+    use crate::core::types::PodKey;
 
     const COOLDOWN: Duration = Duration::from_secs(30);
 
@@ -548,29 +549,12 @@ mod tests {
         Store::open(path, COOLDOWN, false, UnixMillis(100)).unwrap()
     }
 
-    fn with_block(s: &mut Store<FileJournal>) {
-        let eni: EniId = "eni-1".parse().unwrap();
-        for c in [
-            Change::AddEni {
-                id: eni.clone(),
-                device_index: 0,
-                primary: true,
-            },
-            Change::AddPrefix {
-                eni,
-                prefix: "10.0.0.16/28".parse().unwrap(),
-            },
-        ] {
-            s.apply(c, UnixMillis(0)).unwrap();
-        }
-    }
-
     #[test]
     fn changes_are_appended_replayed_and_compacted_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
         let (mut s, _) = opened(&path);
-        with_block(&mut s);
+        add_prefix_eni(&mut s);
         let a = s
             .allocate(key("a"), PodInfo::default(), UnixMillis(1))
             .unwrap();
@@ -605,7 +589,7 @@ mod tests {
         let (mut s, _) = opened(&path);
         s.journal_mut().set_log_capacity(600);
         s.flush().unwrap();
-        with_block(&mut s);
+        add_prefix_eni(&mut s);
         for i in 0..40 {
             let k = key(&format!("k{}", i % 5));
             if s.datastore().get(&k).is_some() {
@@ -653,12 +637,12 @@ mod tests {
         let path = dir.path().join("cp.json");
         let log = dir.path().join("cp.json.log");
         let (mut s, _) = opened(&path);
-        with_block(&mut s);
+        add_prefix_eni(&mut s);
         drop(s);
         // Another node's log.
         let other = tempfile::tempdir().unwrap();
         let (mut t, _) = opened(&other.path().join("cp.json"));
-        with_block(&mut t);
+        add_prefix_eni(&mut t);
         drop(t);
         let ours = fs::read(&log).unwrap();
         fs::copy(other.path().join("cp.json.log"), &log).unwrap();
@@ -706,7 +690,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
         let (mut s, _) = opened(&path);
-        with_block(&mut s);
+        add_prefix_eni(&mut s);
         s.allocate(key("a"), PodInfo::default(), UnixMillis(1))
             .unwrap();
         let old_log = fs::read(dir.path().join("cp.json.log")).unwrap();
@@ -741,24 +725,7 @@ mod tests {
     fn memory_journal_recovers_like_the_files() {
         let mut s = Store::new(Datastore::new(COOLDOWN), MemoryJournal::with_capacity(400));
         s.flush().unwrap();
-        let eni: EniId = "eni-1".parse().unwrap();
-        s.apply(
-            Change::AddEni {
-                id: eni.clone(),
-                device_index: 0,
-                primary: true,
-            },
-            UnixMillis(0),
-        )
-        .unwrap();
-        s.apply(
-            Change::AddPrefix {
-                eni,
-                prefix: "10.0.0.16/28".parse().unwrap(),
-            },
-            UnixMillis(0),
-        )
-        .unwrap();
+        add_prefix_eni(&mut s);
         for i in 0..10 {
             s.allocate(key(&format!("k{i}")), PodInfo::default(), UnixMillis(i))
                 .unwrap();

@@ -333,20 +333,13 @@ impl<J: Journal> Store<J> {
         now: UnixMillis,
     ) -> Result<(Outcome, Option<(Undo, Record)>), StoreError> {
         let ds = &mut self.ds;
-        let assign = |key: &PodKey, pod: &PodInfo, address| Record::Assign {
-            key: key.clone(),
-            address,
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-            at: now,
-        };
         let until = now.plus(ds.cooldown());
         Ok(match change {
             // A stranded key's change touches the stranded set, which only a copy undoes.
             Change::Allocate { key, pod } if ds.is_stranded(&key) => {
                 let before = Box::new(ds.clone());
-                let a = ds.allocate(key.clone(), pod.clone(), now)?;
-                let record = assign(&key, &pod, a.address);
+                let a = ds.allocate(key.clone(), pod, now)?;
+                let record = Record::assign(&key, ds.get(&key).expect("just allocated"));
                 (Outcome::Allocated(a), Some((Undo::Restore(before), record)))
             }
             Change::Release { key } if ds.is_stranded(&key) => {
@@ -359,10 +352,9 @@ impl<J: Journal> Store<J> {
                 )
             }
             Change::Allocate { key, pod } => {
-                let record_pod = pod.clone();
                 let a = ds.allocate(key.clone(), pod, now)?;
                 let undo = a.new.then(|| {
-                    let record = assign(&key, &record_pod, a.address);
+                    let record = Record::assign(&key, ds.get(&key).expect("just allocated"));
                     (Undo::Allocate(key), record)
                 });
                 (Outcome::Allocated(a), undo)
@@ -423,7 +415,7 @@ impl<J: Journal> Store<J> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::core::journal::MemoryJournal;
 
@@ -431,9 +423,8 @@ mod tests {
         PodKey::new("net", c, "eth0").unwrap()
     }
 
-    /// A store with cooldown `cooldown` and one primary ENI carrying `block`.
-    fn store_with(cooldown: Duration, block: impl FnOnce(EniId) -> Change) -> Store<MemoryJournal> {
-        let mut s = Store::new(Datastore::new(cooldown), MemoryJournal::default());
+    /// Adds the primary ENI `eni-1` carrying `block`.
+    pub(crate) fn add_eni_with<J: Journal>(s: &mut Store<J>, block: impl FnOnce(EniId) -> Change) {
         let eni: EniId = "eni-1".parse().unwrap();
         for change in [
             Change::AddEni {
@@ -445,14 +436,30 @@ mod tests {
         ] {
             s.apply(change, UnixMillis(0)).unwrap();
         }
+    }
+
+    /// Adds the primary ENI `eni-1` carrying the prefix 10.0.0.16/28.
+    pub(crate) fn add_prefix_eni<J: Journal>(s: &mut Store<J>) {
+        add_eni_with(s, |eni| Change::AddPrefix {
+            eni,
+            prefix: "10.0.0.16/28".parse().unwrap(),
+        });
+    }
+
+    /// A store with cooldown `cooldown` and one primary ENI carrying `block`.
+    fn store_with(cooldown: Duration, block: impl FnOnce(EniId) -> Change) -> Store<MemoryJournal> {
+        let mut s = Store::new(Datastore::new(cooldown), MemoryJournal::default());
+        add_eni_with(&mut s, block);
         s
     }
 
     fn store() -> Store<MemoryJournal> {
-        store_with(Duration::from_secs(30), |eni| Change::AddPrefix {
-            eni,
-            prefix: "10.0.0.16/28".parse().unwrap(),
-        })
+        let mut s = Store::new(
+            Datastore::new(Duration::from_secs(30)),
+            MemoryJournal::default(),
+        );
+        add_prefix_eni(&mut s);
+        s
     }
 
     fn reload(s: &Store<MemoryJournal>) -> Datastore {
@@ -465,24 +472,7 @@ mod tests {
         let path = dir.path().join("cp.json");
         let cooldown = Duration::from_secs(30);
         let (mut s, _) = Store::open(&path, cooldown, false, UnixMillis(0)).unwrap();
-        let eni: EniId = "eni-1".parse().unwrap();
-        s.apply(
-            Change::AddEni {
-                id: eni.clone(),
-                device_index: 0,
-                primary: true,
-            },
-            UnixMillis(0),
-        )
-        .unwrap();
-        s.apply(
-            Change::AddPrefix {
-                eni,
-                prefix: "10.0.0.16/28".parse().unwrap(),
-            },
-            UnixMillis(0),
-        )
-        .unwrap();
+        add_prefix_eni(&mut s);
         let a = s
             .allocate(key("live"), PodInfo::default(), UnixMillis(1))
             .unwrap();

@@ -153,6 +153,17 @@ pub enum Record {
 }
 
 impl Record {
+    /// The record of `key` being given `alloc`.
+    pub fn assign(key: &PodKey, alloc: &Allocation) -> Self {
+        Self::Assign {
+            key: key.clone(),
+            address: alloc.address,
+            namespace: alloc.pod.namespace.clone(),
+            name: alloc.pod.name.clone(),
+            at: alloc.allocated_at,
+        }
+    }
+
     /// Applies the record to a datastore being recovered. An error means the log contradicts
     /// the state it continues.
     pub fn replay(&self, ds: &mut Datastore) -> Result<(), String> {
@@ -273,7 +284,7 @@ pub fn scan(frames: &[u8], base: usize) -> Result<Scan, ScanError> {
                 let Some(last) = rest.iter().rposition(|b| *b != 0) else {
                     break; // zeros to the end: the log ends here
                 };
-                if let Some(next) = (1..rest.len()).find(|&i| frame_at(&rest[i..]).is_ok()) {
+                if let Some(next) = (1..=last).find(|&i| frame_at(&rest[i..]).is_ok()) {
                     return Err(ScanError {
                         offset: base + at,
                         why: format!(
