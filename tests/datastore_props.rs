@@ -155,7 +155,7 @@ fn run(ops: Vec<Op>) {
             Op::Allocate(i) => {
                 let stranded = store.datastore().is_stranded(&key(i));
                 match store.allocate(key(i), PodInfo::default(), now) {
-                    Ok(a) => model.on_allocated(&key(i), a.address, a.new, now, stranded),
+                    Ok(a) => model.on_allocated(&key(i), a.v4(), a.new, now, stranded),
                     Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
                         assert!(stranded || !model.held.contains_key(&key(i)));
                     }
@@ -167,6 +167,7 @@ fn run(ops: Vec<Op>) {
                 let stranded = store.datastore().is_stranded(&key(i));
                 match store.release(&key(i), now) {
                     Ok(a) => {
+                        let a = a.v4.expect("an IPv4 store releases IPv4 addresses");
                         assert_eq!(model.held.remove(&key(i)), Some(a.address));
                         // A stranded address is in no block, and so does not cool.
                         if !stranded {
@@ -233,10 +234,10 @@ fn run(ops: Vec<Op>) {
                 for ((alloc, i), r) in items.iter().zip(results) {
                     match (alloc, r) {
                         (true, Ok(Outcome::Allocated(a))) => {
-                            pending_model.push((true, *i, a.address, a.new))
+                            pending_model.push((true, *i, a.v4(), a.new))
                         }
                         (false, Ok(Outcome::Released(a))) => {
-                            pending_model.push((false, *i, a.address, false))
+                            pending_model.push((false, *i, a.v4.unwrap().address, false))
                         }
                         (_, Ok(o)) => panic!("unexpected {o:?}"),
                         (_, Err(_)) => {}

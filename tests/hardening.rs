@@ -231,7 +231,7 @@ async fn a_full_node_gc_works_over_the_socket() {
     .unwrap();
     assert!(r.error.is_none(), "{r:?}");
     assert_eq!(r.released, Some(1));
-    assert_eq!(r.kept, Some(vec![kept_addr]));
+    assert_eq!(r.kept, Some(vec![std::net::IpAddr::V4(kept_addr)]));
     a.agent.shutdown().await.unwrap();
 }
 

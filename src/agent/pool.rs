@@ -12,7 +12,7 @@
 //! how the owner runs is the agent builder's choice.
 
 use std::collections::{HashSet, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -27,6 +27,8 @@ use crate::core::datastore::{BlockId, Datastore};
 use crate::core::inventory::{Inventory, Totals};
 use crate::core::journal::{Journal, MemoryJournal};
 use crate::core::planner::{Limits, PoolSnapshot};
+use crate::core::pool6::Pool6Error;
+use crate::core::store::{Assigned, Released};
 use crate::core::{
     Change, DatastoreError, EniId, Outcome, PodInfo, PodKey, Store, StoreError, UnixMillis,
 };
@@ -65,7 +67,7 @@ enum Cmd {
     },
     Release {
         key: PodKey,
-        reply: oneshot::Sender<Result<Option<Ipv4Addr>, PoolError>>,
+        reply: oneshot::Sender<Result<Option<Released>, PoolError>>,
     },
     Gc {
         network: String,
@@ -153,11 +155,14 @@ struct Waiter {
     reply: oneshot::Sender<Result<Leased, PoolError>>,
 }
 
-/// An address handed out, and the routing table of the ENI that carries it.
+/// The addresses handed out to one attachment, and the routing table of the ENI that carries
+/// the IPv4 one (the /80 is always the primary ENI's: main).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leased {
-    /// The address.
-    pub address: Ipv4Addr,
+    /// The IPv4 address (ENABLE_IPv4).
+    pub address: Option<Ipv4Addr>,
+    /// The IPv6 address (ENABLE_IPv6).
+    pub address6: Option<Ipv6Addr>,
     /// The ENI's routing table (main for the primary ENI).
     pub table: u32,
 }
@@ -167,21 +172,29 @@ pub struct Leased {
 pub struct Collected {
     /// Allocations released.
     pub released: u32,
-    /// Every address still allocated.
-    pub kept: Vec<Ipv4Addr>,
+    /// Every address still allocated, of both families.
+    pub kept: Vec<IpAddr>,
 }
 
-/// The lease of `addr` in `ds`: its ENI's table.
-fn leased(ds: &Datastore, addr: Ipv4Addr) -> Leased {
-    let table = ds
-        .eni_of(addr)
+/// The lease of `v4` and `v6` in `ds`: the IPv4 address's ENI's table.
+fn leased(ds: &Datastore, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Leased {
+    let table = v4
+        .and_then(|a| ds.eni_of(a))
         .map_or(crate::hostnet::netlink::TABLE_MAIN, |(_, e)| {
             crate::hostnet::config::table_of(e.primary, e.device_index, 0)
         });
     Leased {
-        address: addr,
+        address: v4,
+        address6: v6,
         table,
     }
+}
+
+/// What `key` holds in `ds`, if anything.
+fn lease_of(ds: &Datastore, key: &PodKey) -> Option<Leased> {
+    let v4 = ds.get(key).map(|a| a.address);
+    let v6 = ds.v6().get(key).map(|a| a.address);
+    (v4.is_some() || v6.is_some()).then(|| leased(ds, v4, v6))
 }
 
 /// Opens the checkpoint and starts the owner thread. `wake` is notified whenever an ADD starts
@@ -292,8 +305,8 @@ impl PoolHandle {
         .await?
     }
 
-    /// Releases `key`'s address; `None` when it held none.
-    pub async fn release(&self, key: PodKey) -> Result<Option<Ipv4Addr>, PoolError> {
+    /// Releases `key`'s addresses; `None` when it held none.
+    pub async fn release(&self, key: PodKey) -> Result<Option<Released>, PoolError> {
         self.ask(|reply| Cmd::Release { key, reply }).await?
     }
 
@@ -369,7 +382,7 @@ type ApplyReply = oneshot::Sender<Vec<Result<Outcome, StoreError>>>;
 /// Where a batch result goes.
 enum Route {
     Allocate(Waiter),
-    Release(oneshot::Sender<Result<Option<Ipv4Addr>, PoolError>>),
+    Release(oneshot::Sender<Result<Option<Released>, PoolError>>),
     Gc,
     /// The release of an allocation nobody took.
     Orphan(PodKey),
@@ -400,10 +413,10 @@ impl Owner {
 
     /// Answers an ADD; an answer nobody takes (the caller went away) is undone, when the
     /// allocation is new.
-    fn answer_add(&mut self, w: Waiter, a: crate::core::Allocated) {
-        let lease = leased(self.store.datastore(), a.address);
+    fn answer_add(&mut self, w: Waiter, a: Assigned) {
+        let lease = leased(self.store.datastore(), a.v4, a.v6);
         if w.reply.send(Ok(lease)).is_err() && a.new {
-            tracing::info!(pod.key = %w.key, address = %a.address, "the ADD's caller went away: releasing its address");
+            tracing::info!(pod.key = %w.key, address = ?a.v4, address6 = ?a.v6, "the ADD's caller went away: releasing its address");
             self.orphans.push(w.key);
         }
     }
@@ -525,13 +538,14 @@ impl Owner {
                     keep,
                     reply,
                 } => {
-                    let doomed: Vec<PodKey> = self
-                        .store
-                        .datastore()
+                    let ds = self.store.datastore();
+                    let doomed: std::collections::BTreeSet<PodKey> = ds
                         .allocations()
-                        .chain(self.store.datastore().stranded())
-                        .filter(|(k, _)| k.network() == network && !keep.contains(*k))
-                        .map(|(k, _)| k.clone())
+                        .chain(ds.stranded())
+                        .map(|(k, _)| k)
+                        .chain(ds.v6().allocations().map(|(k, _)| k))
+                        .filter(|k| k.network() == network && !keep.contains(*k))
+                        .cloned()
                         .collect();
                     let n = doomed.len() as u32;
                     for key in doomed {
@@ -560,7 +574,10 @@ impl Owner {
                     // below if it was (the caller left during the batch).
                     Route::Allocate(w) => match r {
                         Ok(Outcome::Allocated(a)) => self.answer_add(w, a),
-                        Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
+                        Err(
+                            StoreError::Datastore(DatastoreError::NoFreeAddress)
+                            | StoreError::Pool6(Pool6Error::NoPrefix),
+                        ) => {
                             tracing::debug!(pod.key = %w.key, "no free address: waiting for the pool to grow");
                             self.waiters.push_back(w);
                             self.wake.notify_one();
@@ -572,7 +589,7 @@ impl Owner {
                     },
                     Route::Release(reply) => {
                         let _ = reply.send(match r {
-                            Ok(Outcome::Released(a)) => Ok(Some(a.address)),
+                            Ok(Outcome::Released(a)) => Ok(Some(a)),
                             Err(StoreError::Datastore(DatastoreError::NotFound(_))) => Ok(None),
                             Err(e) => Err(e.into()),
                             Ok(o) => unreachable!("release gave {o:?}"),
@@ -597,11 +614,11 @@ impl Owner {
             }
         }
         if !gcs.is_empty() {
-            let kept: Vec<Ipv4Addr> = self
-                .store
-                .datastore()
+            let ds = self.store.datastore();
+            let kept: Vec<IpAddr> = ds
                 .allocations()
-                .map(|(_, a)| a.address)
+                .map(|(_, a)| IpAddr::V4(a.address))
+                .chain(ds.v6().allocations().map(|(_, a)| IpAddr::V6(a.address)))
                 .collect();
             for (reply, n) in gcs {
                 let _ = reply.send(match &gc_failed {
@@ -670,9 +687,10 @@ impl Owner {
         for (w, r) in live.into_iter().zip(results) {
             match r {
                 Ok(Outcome::Allocated(a)) => self.answer_add(w, a),
-                Err(StoreError::Datastore(DatastoreError::NoFreeAddress)) => {
-                    self.waiters.push_back(w)
-                }
+                Err(
+                    StoreError::Datastore(DatastoreError::NoFreeAddress)
+                    | StoreError::Pool6(Pool6Error::NoPrefix),
+                ) => self.waiters.push_back(w),
                 Err(e) => {
                     let _ = w.reply.send(Err(e.into()));
                 }
@@ -685,7 +703,7 @@ impl Owner {
         match q {
             Cmd::Check { key, reply } => {
                 let ds = self.store.datastore();
-                let _ = reply.send(ds.get(&key).map(|a| leased(ds, a.address)));
+                let _ = reply.send(lease_of(ds, &key));
             }
             Cmd::Snapshot { limits, reply } => {
                 self.store.expire(self.clock.now());

@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::pool::{Leased, PoolError, PoolHandle};
+use super::pool::{PoolError, PoolHandle};
 use super::status::Status;
 use crate::core::PodInfo;
 use crate::ipc::{
@@ -82,9 +82,9 @@ impl Served {
         Some(true)
     }
 
-    fn pod_net(&self, l: Leased) -> PodNet {
+    fn pod_net(&self, table: u32) -> PodNet {
         PodNet {
-            table: l.table,
+            table,
             mtu: self.pods.mtu,
             veth_prefix: self.pods.veth_prefix.clone(),
         }
@@ -406,10 +406,11 @@ async fn request(
             metrics.add_latency(t.elapsed());
             match r {
                 Ok(l) => {
-                    tracing::debug!(pod.key = %key, address = %l.address, table = l.table, "ADD");
+                    tracing::debug!(pod.key = %key, address = ?l.address, address6 = ?l.address6, table = l.table, "ADD");
                     ok(Reply {
-                        address: Some(l.address),
-                        pod_net: Some(served.pod_net(l)),
+                        address: l.address,
+                        address6: l.address6,
+                        pod_net: Some(served.pod_net(l.table)),
                         ..Reply::default()
                     })
                 }
@@ -438,8 +439,9 @@ async fn request(
         },
         Op::Check { key } => match pool.check(key.clone()).await {
             Ok(Some(l)) => ok(Reply {
-                address: Some(l.address),
-                pod_net: Some(served.pod_net(l)),
+                address: l.address,
+                address6: l.address6,
+                pod_net: Some(served.pod_net(l.table)),
                 ..Reply::default()
             }),
             Ok(None) => Reply::error(
@@ -454,10 +456,7 @@ async fn request(
                 Ok(c) => ok(Reply {
                     released: Some(c.released),
                     kept: Some(c.kept),
-                    pod_net: Some(served.pod_net(Leased {
-                        address: std::net::Ipv4Addr::UNSPECIFIED,
-                        table: crate::hostnet::netlink::TABLE_MAIN,
-                    })),
+                    pod_net: Some(served.pod_net(crate::hostnet::netlink::TABLE_MAIN)),
                     ..Reply::default()
                 }),
                 Err(e) => Reply::error(ErrorKind::Internal, e.to_string()),

@@ -1,7 +1,7 @@
 //! What each CNI_COMMAND does, by role: the parts both roles share (the attachment, the pod,
 //! the agent call, GC's keys, STATUS) and the dispatch to [`super::ipam`] or [`super::wire`].
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::conf::{NetConf, Role, Settings, settings};
@@ -116,7 +116,7 @@ impl Call<'_> {
 
     /// prevResult's IPv4 addresses, or what is wrong with it (missing, no `ips` list, an
     /// address not in CIDR form, no IPv4 address).
-    fn prev_ips(&self) -> Result<Vec<Ipv4Addr>, String> {
+    fn prev_ips(&self) -> Result<Vec<IpAddr>, String> {
         let prev = self
             .conf
             .prev_result
@@ -131,18 +131,16 @@ impl Call<'_> {
                 .as_str()
                 .and_then(|a| a.parse::<ipnet::IpNet>().ok())
                 .ok_or_else(|| format!("{ip} has no address in CIDR form"))?;
-            if let std::net::IpAddr::V4(v4) = a.addr() {
-                out.push(v4);
-            }
+            out.push(a.addr());
         }
         if out.is_empty() {
-            return Err("it lists no IPv4 address".into());
+            return Err("it lists no address".into());
         }
         Ok(out)
     }
 
     /// prevResult's addresses, for CHECK: it must be there and well formed.
-    fn prev_required(&self) -> Result<Vec<Ipv4Addr>, CniError> {
+    fn prev_required(&self) -> Result<Vec<IpAddr>, CniError> {
         self.prev_ips().map_err(|why| {
             fail(
                 code::INVALID_CONFIG,
@@ -153,27 +151,35 @@ impl Call<'_> {
     }
 
     /// The addresses of prevResult, when it is well formed (a hint; none otherwise).
-    pub(super) fn prev_addresses(&self) -> Vec<Ipv4Addr> {
+    pub(super) fn prev_addresses(&self) -> Vec<IpAddr> {
         self.prev_ips().unwrap_or_default()
     }
 
     /// CHECK's first half, both roles: the agent's allocation for `key` (error 3 when it has
-    /// none), compared with prevResult's address. Returns the answer and the address.
-    pub(super) fn checked(&self, key: &PodKey) -> Result<(Reply, Ipv4Addr), CniError> {
+    /// none), compared with prevResult's addresses. Returns the answer.
+    pub(super) fn checked(&self, key: &PodKey) -> Result<Reply, CniError> {
         let r = self.agent(Op::Check { key: key.clone() }, Duration::from_secs(10))?;
-        let held = r.address.ok_or_else(|| {
-            fail(
+        let held: Vec<IpAddr> = r
+            .address
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(r.address6.map(IpAddr::V6))
+            .collect();
+        if held.is_empty() {
+            return Err(fail(
                 code::UNKNOWN_CONTAINER,
                 format!("no address is allocated to {key}"),
                 "",
-            )
-        })?;
-        self.check_prev(key, held)?;
-        Ok((r, held))
+            ));
+        }
+        for a in held {
+            self.check_prev(key, a)?;
+        }
+        Ok(r)
     }
 
-    /// CHECK's comparison: the agent's address for the attachment against prevResult's.
-    fn check_prev(&self, key: &PodKey, held: Ipv4Addr) -> Result<(), CniError> {
+    /// CHECK's comparison: an address the agent holds for the attachment against prevResult's.
+    fn check_prev(&self, key: &PodKey, held: IpAddr) -> Result<(), CniError> {
         let prev = self.prev_required()?;
         if !prev.contains(&held) {
             let list: Vec<String> = prev.iter().map(|a| a.to_string()).collect();

@@ -2,7 +2,7 @@
 //! the pod's veth, routes and rules. A trait, so that unit tests and the fuzz test run every
 //! path of the plugin's logic with neither.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ pub trait Host {
         netns: Option<&Path>,
         ifname: &str,
         host_veth: &str,
-        address: Option<Ipv4Addr>,
+        hints: &[IpAddr],
     ) -> Result<Detached, PodError>;
     /// Deletes a host end ([`pod::unlink`]).
     fn unlink(&self, name: &str, index: u32) -> Result<bool, PodError>;
@@ -31,7 +31,7 @@ pub trait Host {
     fn check(&self, spec: &PodSpec) -> Result<(), PodError>;
     /// Removes the host ends named with `prefix` whose address is not in `keep`, and their
     /// rules; returns their names.
-    fn collect(&self, prefix: &str, keep: &[Ipv4Addr]) -> Result<Vec<String>, PodError>;
+    fn collect(&self, prefix: &str, keep: &[IpAddr]) -> Result<Vec<String>, PodError>;
     /// Records a release for the agent to pick up ([`pending::record`]).
     fn defer_release(&self, dir: &Path, key: &PodKey) -> std::io::Result<()> {
         pending::record(dir, key).map(|_| ())
@@ -56,9 +56,9 @@ impl Host for System {
         netns: Option<&Path>,
         ifname: &str,
         host_veth: &str,
-        address: Option<Ipv4Addr>,
+        hints: &[IpAddr],
     ) -> Result<Detached, PodError> {
-        pod::detach(netns, ifname, host_veth, address)
+        pod::detach(netns, ifname, host_veth, hints)
     }
 
     fn unlink(&self, name: &str, index: u32) -> Result<bool, PodError> {
@@ -69,15 +69,15 @@ impl Host for System {
         pod::check(spec)
     }
 
-    fn collect(&self, prefix: &str, keep: &[Ipv4Addr]) -> Result<Vec<String>, PodError> {
+    fn collect(&self, prefix: &str, keep: &[IpAddr]) -> Result<Vec<String>, PodError> {
         let mut nl = Netlink::open()?;
         let mut removed = Vec::new();
-        for (link, addr) in pod::leftovers(&mut nl, prefix, keep)? {
+        for (link, addrs) in pod::leftovers(&mut nl, prefix, keep)? {
             match nl.del_link(link.index) {
                 Err(e) if !e.missing() => return Err(e.into()),
                 _ => {}
             }
-            if let Some(a) = addr {
+            for a in addrs {
                 pod::remove_rules(&mut nl, a)?;
             }
             removed.push(link.name);
@@ -107,10 +107,10 @@ where
         _: Option<&Path>,
         _: &str,
         _: &str,
-        address: Option<Ipv4Addr>,
+        hints: &[IpAddr],
     ) -> Result<Detached, PodError> {
         Ok(Detached {
-            address,
+            addresses: hints.to_vec(),
             host_end: None,
         })
     }
@@ -123,7 +123,7 @@ where
         Err(PodError::Missing("no kernel in this test".into()))
     }
 
-    fn collect(&self, _: &str, _: &[Ipv4Addr]) -> Result<Vec<String>, PodError> {
+    fn collect(&self, _: &str, _: &[IpAddr]) -> Result<Vec<String>, PodError> {
         Ok(Vec::new())
     }
 

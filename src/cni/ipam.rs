@@ -24,12 +24,19 @@ pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
                 )
             })?;
             let r = c.agent(c.add_op()?, c.add_timeout())?;
-            let addr = r.address.ok_or_else(|| {
-                fail(
+            let addr = r.address.ok_or_else(|| match r.address6 {
+                Some(six) => fail(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "the agent gave {six}, an IPv6 address, and the IPAM role serves IPv4 only"
+                    ),
+                    "on an IPv6 node use prefixd-cni as the main plugin (it wires the pod itself)",
+                ),
+                None => fail(
                     code::IO_FAILURE,
                     "the agent answered ADD without an address",
                     "",
-                )
+                ),
             })?;
             let mut ip = json!({
                 "address": format!("{addr}/{}", s.prefix_length),

@@ -7,7 +7,7 @@
 //! agent cannot be reached, it deletes the veth itself and the release waits in
 //! [`crate::ipc::pending`], surviving the agent's downtime without the runtime's retries.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use super::command::Call;
 use super::conf::Role;
 use super::error::{CniError, code, fail};
 use crate::hostnet::netlink::mac_text;
-use crate::hostnet::pod::{GATEWAY, PodSpec, host_veth_name};
+use crate::hostnet::pod::{GATEWAY, GATEWAY6, PodSpec, host_net, host_veth_name};
 use crate::ipc::{ClientError, HostEnd, Op, PodNet, pending};
 
 fn wiring_failed(what: &str, e: impl std::fmt::Display) -> CniError {
@@ -48,13 +48,23 @@ fn prev_host_veth(c: &Call) -> Option<String> {
 }
 
 fn result(c: &Call, spec: &PodSpec, host_mac: &str, pod_mac: &str) -> Value {
-    let mut ip = json!({
-        "address": format!("{}/32", spec.address),
-        "interface": 1,
-        "gateway": GATEWAY.to_string(),
-    });
-    if c.v < (1, 0, 0) {
-        ip["version"] = json!("4");
+    let mut ips = Vec::new();
+    let mut routes = Vec::new();
+    for a in spec.addresses() {
+        let (gw, default, version) = match a {
+            IpAddr::V4(_) => (IpAddr::V4(GATEWAY), "0.0.0.0/0", "4"),
+            IpAddr::V6(_) => (IpAddr::V6(GATEWAY6), "::/0", "6"),
+        };
+        let mut ip = json!({
+            "address": host_net(a).to_string(),
+            "interface": 1,
+            "gateway": gw.to_string(),
+        });
+        if c.v < (1, 0, 0) {
+            ip["version"] = json!(version);
+        }
+        ips.push(ip);
+        routes.push(json!({ "dst": default, "gw": gw.to_string() }));
     }
     json!({
         "cniVersion": c.conf.cni_version,
@@ -62,8 +72,8 @@ fn result(c: &Call, spec: &PodSpec, host_mac: &str, pod_mac: &str) -> Value {
             { "name": spec.host_veth, "mac": host_mac },
             { "name": spec.ifname, "mac": pod_mac, "sandbox": spec.netns.display().to_string() },
         ],
-        "ips": [ip],
-        "routes": [{ "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() }],
+        "ips": ips,
+        "routes": routes,
         "dns": {},
     })
 }
@@ -86,23 +96,25 @@ pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
             let (ns, name) = c.pod()?;
             let key = c.key()?;
             let r = c.agent(c.add_op()?, c.add_timeout())?;
-            let address = r.address.ok_or_else(|| {
-                fail(
+            if r.address.is_none() && r.address6.is_none() {
+                return Err(fail(
                     code::IO_FAILURE,
                     "the agent answered ADD without an address",
                     "",
-                )
-            })?;
+                ));
+            }
             let net = pod_net(r.pod_net)?;
             let host_veth = host_veth_name(&net.veth_prefix, &ns, &name, &container);
             let spec = PodSpec {
                 netns: Path::new(&netns),
                 ifname: &ifname,
                 host_veth: &host_veth,
-                address,
+                address: r.address,
+                address6: r.address6,
                 mtu: net.mtu,
                 table: net.table,
             };
+            let shown: Vec<String> = spec.addresses().iter().map(|a| a.to_string()).collect();
             match c.host.wire(&spec) {
                 Ok(w) => {
                     Ok(result(c, &spec, &mac_text(&w.host_mac), &mac_text(&w.pod_mac)).to_string())
@@ -110,13 +122,16 @@ pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
                 Err(e) => {
                     if let Ok(d) =
                         c.host
-                            .detach(Some(spec.netns), &ifname, &host_veth, Some(address))
+                            .detach(Some(spec.netns), &ifname, &host_veth, &spec.addresses())
                         && let Some((name, index)) = d.host_end
                     {
                         let _ = c.host.unlink(&name, index);
                     }
                     let _ = c.agent(Op::Del { key, unlink: None }, Duration::from_secs(10));
-                    Err(wiring_failed(&format!("wiring {address} into the pod"), e))
+                    Err(wiring_failed(
+                        &format!("wiring {} into the pod", shown.join(" and ")),
+                        e,
+                    ))
                 }
             }
         }
@@ -128,10 +143,10 @@ pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
             let netns = c.var("CNI_NETNS")?.filter(|n| !n.is_empty());
             let host_veth = prev_host_veth(c)
                 .unwrap_or_else(|| host_veth_name(&s.veth_prefix, &ns, &name, &container));
-            let hint: Option<Ipv4Addr> = c.prev_addresses().first().copied();
+            let hints = c.prev_addresses();
             let d = c
                 .host
-                .detach(netns.as_deref().map(Path::new), &ifname, &host_veth, hint)
+                .detach(netns.as_deref().map(Path::new), &ifname, &host_veth, &hints)
                 .map_err(|e| wiring_failed("removing the pod's network", e))?;
             let unlink = d.host_end.as_ref().map(|(name, index)| HostEnd {
                 name: name.clone(),
@@ -195,7 +210,7 @@ pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
             let ifname = c.need("CNI_IFNAME")?;
             let container = c.need("CNI_CONTAINERID")?;
             let (ns, name) = c.pod()?;
-            let (r, held) = c.checked(&key)?;
+            let r = c.checked(&key)?;
             let net = pod_net(r.pod_net)?;
             let host_veth = host_veth_name(&net.veth_prefix, &ns, &name, &container);
             c.host
@@ -203,7 +218,8 @@ pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
                     netns: Path::new(&netns),
                     ifname: &ifname,
                     host_veth: &host_veth,
-                    address: held,
+                    address: r.address,
+                    address6: r.address6,
                     mtu: net.mtu,
                     table: net.table,
                 })
@@ -250,6 +266,7 @@ mod tests {
     use crate::core::PodKey;
     use crate::hostnet::pod::{Detached, PodError, Wired};
     use crate::ipc::Reply;
+    use std::net::Ipv4Addr;
 
     /// A host that records what the plugin asked of it; the agent answers `reply`, or is
     /// unreachable when `None`; wiring fails when `wire_fails`.
@@ -285,7 +302,11 @@ mod tests {
         fn wire(&self, spec: &PodSpec) -> Result<Wired, PodError> {
             self.calls.borrow_mut().push(format!(
                 "wire {} {} {} table {} mtu {}",
-                spec.ifname, spec.host_veth, spec.address, spec.table, spec.mtu
+                spec.ifname,
+                spec.host_veth,
+                spec.addresses()[0],
+                spec.table,
+                spec.mtu
             ));
             if self.wire_fails {
                 return Err(PodError::Missing("refused".into()));
@@ -300,14 +321,15 @@ mod tests {
             netns: Option<&Path>,
             ifname: &str,
             host_veth: &str,
-            address: Option<Ipv4Addr>,
+            hints: &[IpAddr],
         ) -> Result<Detached, PodError> {
+            let address = hints.first().copied();
             self.calls.borrow_mut().push(format!(
                 "detach {:?} {ifname} {host_veth} {address:?}",
                 netns.map(Path::to_path_buf)
             ));
             Ok(Detached {
-                address,
+                addresses: hints.to_vec(),
                 host_end: Some((host_veth.to_owned(), 7)),
             })
         }
@@ -318,12 +340,14 @@ mod tests {
             Ok(true)
         }
         fn check(&self, spec: &PodSpec) -> Result<(), PodError> {
-            self.calls
-                .borrow_mut()
-                .push(format!("check {} table {}", spec.address, spec.table));
+            self.calls.borrow_mut().push(format!(
+                "check {} table {}",
+                spec.addresses()[0],
+                spec.table
+            ));
             Ok(())
         }
-        fn collect(&self, prefix: &str, keep: &[Ipv4Addr]) -> Result<Vec<String>, PodError> {
+        fn collect(&self, prefix: &str, keep: &[IpAddr]) -> Result<Vec<String>, PodError> {
             self.calls
                 .borrow_mut()
                 .push(format!("collect {prefix} {keep:?}"));
@@ -479,7 +503,7 @@ mod tests {
         assert_eq!(o.exit, 1);
         assert!(h.calls().is_empty());
         let mut r = leased(0);
-        r.kept = Some(vec![Ipv4Addr::new(10, 0, 32, 5)]);
+        r.kept = Some(vec![IpAddr::V4(Ipv4Addr::new(10, 0, 32, 5))]);
         r.released = Some(2);
         let h = Fake::new(Some(r));
         let gc = MAIN.replace(

@@ -7,13 +7,14 @@
 //! earlier prefixd) is read and migrated; version 2 names the store and generation its log
 //! continues.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::datastore::{Allocation, Datastore, PodInfo};
-use super::types::{EniId, PodKey, Prefix28, UnixMillis};
+use super::pool6::Allocation6;
+use super::types::{EniId, PodKey, Prefix28, Prefix80, UnixMillis};
 
 /// The snapshot format this build writes.
 pub const CHECKPOINT_VERSION: u32 = 2;
@@ -150,6 +151,47 @@ pub struct Snapshot {
     pub allocations: Vec<AllocationRecord>,
     /// Addresses cooling down, with the end of their cooldown.
     pub cooldowns: Vec<CooldownRecord>,
+    /// The IPv6 pool; absent on a node that never had a /80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Section>,
+}
+
+/// The IPv6 pool in the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ipv6Section {
+    /// The node's /80.
+    pub prefix: Option<Prefix80>,
+    /// Who holds which /128 (stranded ones included).
+    pub allocations: Vec<Allocation6Record>,
+    /// Addresses cooling down.
+    pub cooldowns: Vec<Cooldown6Record>,
+}
+
+/// One IPv6 allocation in the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allocation6Record {
+    /// The CNI attachment.
+    pub key: PodKey,
+    /// Its address.
+    pub address: Ipv6Addr,
+    /// K8S_POD_NAMESPACE.
+    pub pod_namespace: String,
+    /// K8S_POD_NAME.
+    pub pod_name: String,
+    /// When it was handed out, in ms since the epoch.
+    pub allocated_at_ms: UnixMillis,
+}
+
+/// One cooling IPv6 address in the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cooldown6Record {
+    /// The address.
+    pub address: Ipv6Addr,
+    /// End of its cooldown, in ms since the epoch.
+    pub until_ms: UnixMillis,
 }
 
 /// One ENI in the checkpoint.
@@ -247,6 +289,28 @@ impl Snapshot {
             .map(|(address, until_ms)| CooldownRecord { address, until_ms })
             .collect();
         cooldowns.sort_by_key(|c| c.address);
+        let v6 = ds.v6();
+        let ipv6 = (!v6.is_empty()).then(|| {
+            let mut allocations: Vec<Allocation6Record> = v6
+                .allocations()
+                .map(|(k, a)| Allocation6Record {
+                    key: k.clone(),
+                    address: a.address,
+                    pod_namespace: a.pod.namespace.clone(),
+                    pod_name: a.pod.name.clone(),
+                    allocated_at_ms: a.allocated_at,
+                })
+                .collect();
+            allocations.sort_by(|a, b| (a.address, &a.key).cmp(&(b.address, &b.key)));
+            Ipv6Section {
+                prefix: v6.prefix(),
+                allocations,
+                cooldowns: v6
+                    .cooling()
+                    .map(|(address, until_ms)| Cooldown6Record { address, until_ms })
+                    .collect(),
+            }
+        });
         Self {
             version: CHECKPOINT_VERSION,
             store,
@@ -254,6 +318,7 @@ impl Snapshot {
             enis,
             allocations,
             cooldowns,
+            ipv6,
         }
     }
 
@@ -299,6 +364,29 @@ impl Snapshot {
         for c in &self.cooldowns {
             if !ds.restore_cooldown(c.address, c.until_ms).map_err(bad)? {
                 report.dropped_cooldowns += 1;
+            }
+        }
+        if let Some(v6) = &self.ipv6 {
+            let pool = ds.v6_mut();
+            if let Some(p) = v6.prefix {
+                pool.set_prefix(p, true).map_err(|e| bad(e.to_string()))?;
+            }
+            for a in &v6.allocations {
+                let alloc = Allocation6 {
+                    address: a.address,
+                    pod: PodInfo {
+                        namespace: a.pod_namespace.clone(),
+                        name: a.pod_name.clone(),
+                    },
+                    allocated_at: a.allocated_at_ms,
+                };
+                pool.restore(a.key.clone(), alloc).map_err(bad)?;
+                report.restored += 1;
+            }
+            for c in &v6.cooldowns {
+                if !pool.restore_cooldown(c.address, c.until_ms).map_err(bad)? {
+                    report.dropped_cooldowns += 1;
+                }
             }
         }
         Ok((ds, report))

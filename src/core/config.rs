@@ -62,6 +62,43 @@ const MAX_ADDRESSES: u32 = 65_536;
 const MAX_ENIS: u32 = 128;
 const MAX_COOLDOWN: Duration = Duration::from_secs(3_600);
 
+/// Which address families pods get: ENABLE_IPv4 and ENABLE_IPv6 (the VPC CNI's names; it
+/// refuses both at once, prefixd gives dual-stack pods one address of each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Families {
+    /// ENABLE_IPv4: an address from the /28 pool.
+    pub ipv4: bool,
+    /// ENABLE_IPv6: a /128 from the node's /80.
+    pub ipv6: bool,
+}
+
+impl Families {
+    /// IPv4 only: the default.
+    pub const V4: Self = Self {
+        ipv4: true,
+        ipv6: false,
+    };
+    /// IPv6 only, as EKS runs IPv6 clusters.
+    pub const V6: Self = Self {
+        ipv4: false,
+        ipv6: true,
+    };
+    /// Both.
+    pub const DUAL: Self = Self {
+        ipv4: true,
+        ipv6: true,
+    };
+
+    /// "ipv4", "ipv6" or "dual".
+    pub fn as_str(self) -> &'static str {
+        match (self.ipv4, self.ipv6) {
+            (true, true) => "dual",
+            (false, true) => "ipv6",
+            _ => "ipv4",
+        }
+    }
+}
+
 /// How the pool grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

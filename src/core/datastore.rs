@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::pool6::Pool6;
 use super::types::{EniId, PodKey, Prefix28, UnixMillis};
 
 /// Why a datastore operation was refused. Nothing has changed when one is returned.
@@ -229,6 +230,8 @@ pub struct Datastore {
     expiry: BinaryHeap<Reverse<(UnixMillis, Ipv4Addr)>>,
     /// Allocations whose block EC2 took back while their pods live (see the module docs).
     stranded: HashMap<PodKey, Allocation>,
+    /// The IPv6 /80 and its allocations (empty on an IPv4-only node).
+    v6: Pool6,
 }
 
 impl PartialEq for Datastore {
@@ -241,6 +244,7 @@ impl PartialEq for Datastore {
             && self.allocations == other.allocations
             && self.cooling == other.cooling
             && self.stranded == other.stranded
+            && self.v6 == other.v6
     }
 }
 
@@ -256,7 +260,18 @@ impl Datastore {
             cooling: HashMap::new(),
             expiry: BinaryHeap::new(),
             stranded: HashMap::new(),
+            v6: Pool6::new(),
         }
+    }
+
+    /// The IPv6 pool.
+    pub fn v6(&self) -> &Pool6 {
+        &self.v6
+    }
+
+    /// The IPv6 pool, to change (the store's job: it journals what it does).
+    pub(crate) fn v6_mut(&mut self) -> &mut Pool6 {
+        &mut self.v6
     }
 
     /// The cooldown period.
@@ -279,7 +294,7 @@ impl Datastore {
                 new: false,
             });
         }
-        self.expire(now);
+        self.expire4(now);
         let &first = self
             .free_index
             .first()
@@ -335,8 +350,13 @@ impl Datastore {
         Ok(alloc)
     }
 
-    /// Ends every cooldown that is over at `now`.
+    /// Ends every cooldown that is over at `now`, in both families.
     pub fn expire(&mut self, now: UnixMillis) {
+        self.v6.expire(now);
+        self.expire4(now);
+    }
+
+    fn expire4(&mut self, now: UnixMillis) {
         while let Some(&Reverse((until, addr))) = self.expiry.peek() {
             if until > now {
                 break;
@@ -425,12 +445,12 @@ impl Datastore {
             self.cooling.insert(*a, cap);
             self.expiry.push(Reverse((cap, *a)));
         }
-        late.len()
+        late.len() + self.v6.cap_cooldowns(cap)
     }
 
     /// Number of addresses free to hand out now (after expiring cooldowns that are over).
     pub fn free_count(&mut self, now: UnixMillis) -> u32 {
-        self.expire(now);
+        self.expire4(now);
         self.blocks.iter().map(|(id, b)| b.free(*id)).sum()
     }
 
@@ -771,6 +791,7 @@ impl Datastore {
     /// Checks the derived structures against the primary ones; for tests.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.v6.check_invariants()?;
         let mut seen = HashMap::new();
         for (k, a) in &self.allocations {
             if let Some(other) = seen.insert(a.address, k) {

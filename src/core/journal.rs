@@ -570,7 +570,7 @@ mod tests {
         assert_eq!(report.replayed_batches, 5);
         assert_eq!(report.torn_tail_bytes, 0);
         assert_eq!(s.datastore(), &before);
-        assert_eq!(s.datastore().get(&key("a")).unwrap().address, a.address);
+        assert_eq!(s.datastore().get(&key("a")).unwrap().address, a.v4());
         // Opening compacted: the snapshot holds everything, the new log nothing.
         drop(s);
         let (s, report) = opened(&path);

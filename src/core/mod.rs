@@ -11,6 +11,7 @@ pub mod instance_types;
 pub mod inventory;
 pub mod journal;
 pub mod planner;
+pub mod pool6;
 pub mod resync;
 pub mod rng;
 pub mod settings;
@@ -25,5 +26,6 @@ pub use datastore::{Allocated, Allocation, BlockId, Datastore, DatastoreError, P
 pub use inventory::Inventory;
 pub use journal::{FileJournal, Journal, MemoryJournal};
 pub use planner::{Limits, Plan, PoolSnapshot, plan};
-pub use store::{Change, Outcome, Store, StoreError};
-pub use types::{EniId, InstanceId, PodKey, Prefix28, SubnetId, UnixMillis};
+pub use pool6::{Allocation6, Pool6, Pool6Error};
+pub use store::{Assigned, Change, Outcome, Released, Store, StoreError};
+pub use types::{EniId, InstanceId, PodKey, Prefix28, Prefix80, SubnetId, UnixMillis};

@@ -6,15 +6,17 @@
 //! fails, every change of the batch is undone, in reverse order, and each caller gets the error:
 //! memory never runs ahead of the disk.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::checkpoint::{CheckpointError, LoadReport};
-use super::datastore::{Allocated, Allocation, Datastore, DatastoreError, PodInfo};
+use super::config::Families;
+use super::datastore::{Allocation, Datastore, DatastoreError, PodInfo};
 use super::journal::{FileJournal, Journal};
-use super::types::{EniId, PodKey, Prefix28, UnixMillis};
+use super::pool6::{Allocation6, Pool6Error};
+use super::types::{EniId, PodKey, Prefix28, Prefix80, UnixMillis};
 use super::wal::Record;
 
 /// Why a change was not made. Nothing changed, in memory or on disk, when one is returned.
@@ -23,6 +25,9 @@ pub enum StoreError {
     /// The datastore refused the change.
     #[error(transparent)]
     Datastore(#[from] DatastoreError),
+    /// The IPv6 pool refused the change.
+    #[error(transparent)]
+    Pool6(#[from] Pool6Error),
     /// The change was made in memory, the checkpoint write failed, and the change was undone.
     /// Shared by every change of the batch.
     #[error("change undone because the checkpoint could not be written: {0}")]
@@ -88,15 +93,49 @@ pub enum Change {
         /// Even if in use.
         force: bool,
     },
+    /// The node's IPv6 /80 (see [`crate::core::Pool6::set_prefix`]).
+    SetPrefix6 {
+        /// The prefix.
+        prefix: Prefix80,
+        /// Replace another even if pods hold its addresses (they are stranded).
+        force: bool,
+    },
+}
+
+/// The addresses of one attachment: one per family the node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assigned {
+    /// Its IPv4 address (ENABLE_IPv4).
+    pub v4: Option<Ipv4Addr>,
+    /// Its IPv6 address (ENABLE_IPv6).
+    pub v6: Option<Ipv6Addr>,
+    /// False when the key already held every address (an idempotent repeat: nothing changed).
+    pub new: bool,
+}
+
+impl Assigned {
+    /// The IPv4 address; for IPv4 callers and tests.
+    pub fn v4(&self) -> Ipv4Addr {
+        self.v4.expect("an IPv4 address was assigned")
+    }
+}
+
+/// What a release took back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The IPv4 allocation.
+    pub v4: Option<Allocation>,
+    /// The IPv6 allocation.
+    pub v6: Option<Allocation6>,
 }
 
 /// What a successful change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The key's address, and whether it is new.
-    Allocated(Allocated),
-    /// The released allocation.
-    Released(Allocation),
+    /// The key's addresses, and whether any is new.
+    Allocated(Assigned),
+    /// The released allocations.
+    Released(Released),
     /// Allocations dropped by a forced removal (empty otherwise).
     Removed(Vec<(PodKey, Allocation)>),
     /// A structural change made.
@@ -106,6 +145,8 @@ pub enum Outcome {
 enum Undo {
     Allocate(PodKey),
     Release(PodKey, Allocation),
+    Allocate6(PodKey),
+    Release6(PodKey, Allocation6),
     Restore(Box<Datastore>),
 }
 
@@ -114,6 +155,7 @@ pub struct Store<J> {
     ds: Datastore,
     journal: J,
     writes: u64,
+    families: Families,
 }
 
 impl Store<FileJournal> {
@@ -183,6 +225,7 @@ impl<J: Journal + Send + 'static> Store<J> {
             ds: self.ds,
             journal: Box::new(self.journal),
             writes: self.writes,
+            families: self.families,
         }
     }
 }
@@ -194,7 +237,18 @@ impl<J: Journal> Store<J> {
             ds,
             journal,
             writes: 0,
+            families: Families::V4,
         }
+    }
+
+    /// Which families an allocation gives addresses of (IPv4 only until set).
+    pub fn set_families(&mut self, families: Families) {
+        self.families = families;
+    }
+
+    /// The families allocations serve.
+    pub fn families(&self) -> Families {
+        self.families
     }
 
     /// The pool, read-only.
@@ -241,7 +295,7 @@ impl<J: Journal> Store<J> {
         key: PodKey,
         pod: PodInfo,
         now: UnixMillis,
-    ) -> Result<Allocated, StoreError> {
+    ) -> Result<Assigned, StoreError> {
         match self.apply(Change::Allocate { key, pod }, now)? {
             Outcome::Allocated(a) => Ok(a),
             other => unreachable!("allocate gave {other:?}"),
@@ -249,7 +303,7 @@ impl<J: Journal> Store<J> {
     }
 
     /// Takes `key`'s address back; durable before it returns.
-    pub fn release(&mut self, key: &PodKey, now: UnixMillis) -> Result<Allocation, StoreError> {
+    pub fn release(&mut self, key: &PodKey, now: UnixMillis) -> Result<Released, StoreError> {
         match self.apply(Change::Release { key: key.clone() }, now)? {
             Outcome::Released(a) => Ok(a),
             other => unreachable!("release gave {other:?}"),
@@ -280,8 +334,8 @@ impl<J: Journal> Store<J> {
                 _ => None,
             });
             let r = self.apply_one(change, now);
-            results.push(r.map(|(outcome, u)| {
-                if let Some((u, record)) = u {
+            results.push(r.map(|(outcome, done)| {
+                for (u, record) in done {
                     undo.push(u);
                     records.push(record);
                 }
@@ -299,13 +353,7 @@ impl<J: Journal> Store<J> {
             Err(e) => {
                 tracing::error!(error = %e, changes = undo.len(),
                     "checkpoint commit failed: undoing the changes");
-                while let Some(u) = undo.pop() {
-                    match u {
-                        Undo::Allocate(key) => self.ds.undo_allocate(&key),
-                        Undo::Release(key, alloc) => self.ds.undo_release(key, alloc),
-                        Undo::Restore(ds) => self.ds = *ds,
-                    }
-                }
+                self.undo(undo);
                 let e = Arc::new(e);
                 results
                     .into_iter()
@@ -315,7 +363,8 @@ impl<J: Journal> Store<J> {
                         // allocation it repeated was made, and now undone, in this batch.
                         (Ok(Outcome::Allocated(a)), Some(key))
                             if !a.new
-                                && self.ds.get(&key).map(|x| x.address) == Some(a.address) =>
+                                && self.ds.get(&key).map(|x| x.address) == a.v4
+                                && self.ds.v6().get(&key).map(|x| x.address) == a.v6 =>
                         {
                             Ok(Outcome::Allocated(a))
                         }
@@ -327,48 +376,92 @@ impl<J: Journal> Store<J> {
         }
     }
 
+    /// Reverses changes, the last first.
+    fn undo(&mut self, undo: Vec<Undo>) {
+        undo_on(&mut self.ds, undo);
+    }
+
     fn apply_one(
         &mut self,
         change: Change,
         now: UnixMillis,
-    ) -> Result<(Outcome, Option<(Undo, Record)>), StoreError> {
+    ) -> Result<(Outcome, Vec<(Undo, Record)>), StoreError> {
+        let families = self.families;
         let ds = &mut self.ds;
         let until = now.plus(ds.cooldown());
         Ok(match change {
-            // A stranded key's change touches the stranded set, which only a copy undoes.
-            Change::Allocate { key, pod } if ds.is_stranded(&key) => {
-                let before = Box::new(ds.clone());
-                let a = ds.allocate(key.clone(), pod, now)?;
-                let record = Record::assign(&key, ds.get(&key).expect("just allocated"));
-                (Outcome::Allocated(a), Some((Undo::Restore(before), record)))
-            }
-            Change::Release { key } if ds.is_stranded(&key) => {
-                let before = Box::new(ds.clone());
-                let alloc = ds.release(&key, now)?;
-                let record = Record::Release { key, until };
-                (
-                    Outcome::Released(alloc),
-                    Some((Undo::Restore(before), record)),
-                )
-            }
             Change::Allocate { key, pod } => {
-                let a = ds.allocate(key.clone(), pod, now)?;
-                let undo = a.new.then(|| {
-                    let record = Record::assign(&key, ds.get(&key).expect("just allocated"));
-                    (Undo::Allocate(key), record)
-                });
-                (Outcome::Allocated(a), undo)
+                let mut done = Vec::new();
+                let mut v4 = None;
+                if families.ipv4 {
+                    // A stranded key's change touches the stranded set, which only a copy undoes.
+                    let restore = ds.is_stranded(&key).then(|| Box::new(ds.clone()));
+                    let a = ds.allocate(key.clone(), pod.clone(), now)?;
+                    v4 = Some(a.address);
+                    if a.new {
+                        let record = Record::assign(&key, ds.get(&key).expect("just allocated"));
+                        let u = match restore {
+                            Some(before) => Undo::Restore(before),
+                            None => Undo::Allocate(key.clone()),
+                        };
+                        done.push((u, record));
+                    }
+                }
+                let mut v6 = None;
+                if families.ipv6 {
+                    match ds.v6_mut().allocate(key.clone(), pod, now) {
+                        Ok((address, new)) => {
+                            v6 = Some(address);
+                            if new {
+                                let record =
+                                    Record::assign6(&key, ds.v6().get(&key).expect("allocated"));
+                                done.push((Undo::Allocate6(key), record));
+                            }
+                        }
+                        Err(e) => {
+                            // Both or neither: the IPv4 half is undone before the error.
+                            undo_on(ds, done.into_iter().map(|(u, _)| u).collect());
+                            return Err(e.into());
+                        }
+                    }
+                }
+                let new = !done.is_empty();
+                (Outcome::Allocated(Assigned { v4, v6, new }), done)
             }
             Change::Release { key } => {
-                let alloc = ds.release(&key, now)?;
-                let record = Record::Release {
-                    key: key.clone(),
-                    until,
-                };
-                (
-                    Outcome::Released(alloc.clone()),
-                    Some((Undo::Release(key, alloc), record)),
-                )
+                let mut done = Vec::new();
+                let mut released = Released { v4: None, v6: None };
+                if ds.get(&key).is_some() || ds.is_stranded(&key) {
+                    let stranded = ds.is_stranded(&key).then(|| Box::new(ds.clone()));
+                    let alloc = ds.release(&key, now)?;
+                    let u = match stranded {
+                        Some(before) => Undo::Restore(before),
+                        None => Undo::Release(key.clone(), alloc.clone()),
+                    };
+                    done.push((
+                        u,
+                        Record::Release {
+                            key: key.clone(),
+                            until,
+                        },
+                    ));
+                    released.v4 = Some(alloc);
+                }
+                if ds.v6().get(&key).is_some() {
+                    let alloc = ds.v6_mut().release_until(&key, until)?;
+                    done.push((
+                        Undo::Release6(key.clone(), alloc.clone()),
+                        Record::Release6 {
+                            key: key.clone(),
+                            until,
+                        },
+                    ));
+                    released.v6 = Some(alloc);
+                }
+                if done.is_empty() {
+                    return Err(DatastoreError::NotFound(key).into());
+                }
+                (Outcome::Released(released), done)
             }
             structural => {
                 let before = Box::new(ds.clone());
@@ -406,11 +499,28 @@ impl<J: Journal> Store<J> {
                         ds.remove_secondary_ip(addr, force).map(Outcome::Removed),
                         Record::RemoveIp { address: addr },
                     ),
+                    Change::SetPrefix6 { prefix, force } => {
+                        ds.v6_mut().set_prefix(prefix, force)?;
+                        (Ok(Outcome::Done), Record::SetPrefix6 { prefix })
+                    }
                     Change::Allocate { .. } | Change::Release { .. } => unreachable!(),
                 };
-                (outcome?, Some((Undo::Restore(before), record)))
+                (outcome?, vec![(Undo::Restore(before), record)])
             }
         })
+    }
+}
+
+/// Reverses changes made to `ds`, the last first.
+fn undo_on(ds: &mut Datastore, mut undo: Vec<Undo>) {
+    while let Some(u) = undo.pop() {
+        match u {
+            Undo::Allocate(key) => ds.undo_allocate(&key),
+            Undo::Release(key, alloc) => ds.undo_release(key, alloc),
+            Undo::Allocate6(key) => ds.v6_mut().undo_allocate(&key),
+            Undo::Release6(key, alloc) => ds.v6_mut().undo_release(key, alloc),
+            Undo::Restore(before) => *ds = *before,
+        }
     }
 }
 
@@ -479,7 +589,7 @@ pub(crate) mod tests {
         drop(s);
         // Readable: kept, the live pod's address with it, and nothing moved aside.
         let (s, _) = Store::open(&path, cooldown, true, UnixMillis(2)).unwrap();
-        assert_eq!(s.datastore().get(&key("live")).unwrap().address, a.address);
+        assert_eq!(s.datastore().get(&key("live")).unwrap().address, a.v4());
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             2,
@@ -521,7 +631,7 @@ pub(crate) mod tests {
         let a = s
             .allocate(key("a"), PodInfo::default(), UnixMillis(1))
             .unwrap();
-        assert_eq!(reload(&s).get(&key("a")).unwrap().address, a.address);
+        assert_eq!(reload(&s).get(&key("a")).unwrap().address, a.v4());
         s.release(&key("a"), UnixMillis(2)).unwrap();
         let back = reload(&s);
         assert!(back.get(&key("a")).is_none());

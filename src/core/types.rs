@@ -4,7 +4,7 @@
 //! that the rest of the code never sees a malformed ENI id or a misaligned prefix.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,28 @@ pub enum TypeError {
         value: String,
         /// The aligned network that contains it.
         aligned: Ipv4Addr,
+    },
+    /// Not of the form `a:b::/len`.
+    #[error("{value:?} is not an IPv6 CIDR (expected an a:b:c:d:e::/80)")]
+    BadCidr6 {
+        /// The rejected input.
+        value: String,
+    },
+    /// An IPv6 CIDR whose length is not 80.
+    #[error("{value:?} is a /{len}, not a /80: delegated IPv6 prefixes are always /80")]
+    NotSlash80 {
+        /// The rejected input.
+        value: String,
+        /// Its prefix length.
+        len: u8,
+    },
+    /// A /80 whose address has host bits set.
+    #[error("{value:?} has bits set below /80: did you mean {aligned}/80?")]
+    Misaligned6 {
+        /// The rejected input.
+        value: String,
+        /// The aligned network that contains it.
+        aligned: Ipv6Addr,
     },
     /// One part of a pod key is empty or holds characters the CNI spec forbids.
     #[error("invalid {field} {value:?}: {why}")]
@@ -238,6 +260,101 @@ impl From<Prefix28> for String {
 impl fmt::Display for Prefix28 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/28", self.network())
+    }
+}
+
+/// An aligned IPv6 /80: the prefix EC2 delegates to a node's primary ENI in IPv6 mode.
+///
+/// Its 2^48 addresses are numbered by their low 48 bits (the *index*); index 0 is the prefix's
+/// own address, which pods are never given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Prefix80(u128);
+
+impl Prefix80 {
+    /// Bits of an address below the prefix.
+    pub const HOST_BITS: u32 = 48;
+    /// Largest index of an address in the prefix.
+    pub const MAX_INDEX: u64 = (1 << Self::HOST_BITS) - 1;
+
+    /// The prefix whose first address is `base`, which must have its low 48 bits clear.
+    pub fn new(base: Ipv6Addr) -> Result<Self, TypeError> {
+        let raw = u128::from(base);
+        let aligned = raw & !u128::from(Self::MAX_INDEX);
+        if raw != aligned {
+            return Err(TypeError::Misaligned6 {
+                value: format!("{base}/80"),
+                aligned: Ipv6Addr::from(aligned),
+            });
+        }
+        Ok(Self(raw))
+    }
+
+    /// The /80 that contains `addr`.
+    pub fn containing(addr: Ipv6Addr) -> Self {
+        Self(u128::from(addr) & !u128::from(Self::MAX_INDEX))
+    }
+
+    /// First address.
+    pub fn network(self) -> Ipv6Addr {
+        Ipv6Addr::from(self.0)
+    }
+
+    /// The address at `index` (at most [`Self::MAX_INDEX`]).
+    pub fn addr(self, index: u64) -> Ipv6Addr {
+        debug_assert!(index <= Self::MAX_INDEX);
+        Ipv6Addr::from(self.0 | u128::from(index & Self::MAX_INDEX))
+    }
+
+    /// The index of `addr` in this prefix, if it lies in it.
+    pub fn index_of(self, addr: Ipv6Addr) -> Option<u64> {
+        (Self::containing(addr) == self).then(|| (u128::from(addr) as u64) & Self::MAX_INDEX)
+    }
+
+    /// As an `ipnet` network.
+    pub fn to_ipnet(self) -> ipnet::Ipv6Net {
+        ipnet::Ipv6Net::new(self.network(), 80).expect("80 is a valid IPv6 prefix length")
+    }
+}
+
+impl FromStr for Prefix80 {
+    type Err = TypeError;
+    fn from_str(s: &str) -> Result<Self, TypeError> {
+        let net: ipnet::Ipv6Net = s.parse().map_err(|_| TypeError::BadCidr6 {
+            value: s.to_owned(),
+        })?;
+        if net.prefix_len() != 80 {
+            return Err(TypeError::NotSlash80 {
+                value: s.to_owned(),
+                len: net.prefix_len(),
+            });
+        }
+        if net.addr() != net.network() {
+            return Err(TypeError::Misaligned6 {
+                value: s.to_owned(),
+                aligned: net.network(),
+            });
+        }
+        Ok(Self(u128::from(net.network())))
+    }
+}
+
+impl TryFrom<String> for Prefix80 {
+    type Error = TypeError;
+    fn try_from(s: String) -> Result<Self, TypeError> {
+        s.parse()
+    }
+}
+
+impl From<Prefix80> for String {
+    fn from(p: Prefix80) -> String {
+        p.to_string()
+    }
+}
+
+impl fmt::Display for Prefix80 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/80", self.network())
     }
 }
 

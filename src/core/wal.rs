@@ -18,13 +18,14 @@
 //! the middle of the last append, which was never acknowledged — discarded and counted; if a
 //! valid frame follows, a record before the tail is damaged and recovery stops.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
 use super::crc32c;
 use super::datastore::{Allocation, Datastore, PodInfo};
-use super::types::{EniId, PodKey, Prefix28, UnixMillis};
+use super::pool6::Allocation6;
+use super::types::{EniId, PodKey, Prefix28, Prefix80, UnixMillis};
 
 /// The first eight bytes of every log.
 pub const MAGIC: [u8; 8] = *b"PFXDLOG\0";
@@ -150,12 +151,48 @@ pub enum Record {
         /// The address.
         address: Ipv4Addr,
     },
+    /// `key` was given the IPv6 `address`.
+    Assign6 {
+        /// The attachment.
+        key: PodKey,
+        /// The address chosen.
+        address: Ipv6Addr,
+        /// K8S_POD_NAMESPACE.
+        namespace: String,
+        /// K8S_POD_NAME.
+        name: String,
+        /// When.
+        at: UnixMillis,
+    },
+    /// `key`'s IPv6 address was taken back and cools until `until`.
+    Release6 {
+        /// The attachment.
+        key: PodKey,
+        /// End of the cooldown.
+        until: UnixMillis,
+    },
+    /// The node's /80 (another one's allocations stranded).
+    SetPrefix6 {
+        /// The prefix.
+        prefix: Prefix80,
+    },
 }
 
 impl Record {
     /// The record of `key` being given `alloc`.
     pub fn assign(key: &PodKey, alloc: &Allocation) -> Self {
         Self::Assign {
+            key: key.clone(),
+            address: alloc.address,
+            namespace: alloc.pod.namespace.clone(),
+            name: alloc.pod.name.clone(),
+            at: alloc.allocated_at,
+        }
+    }
+
+    /// The record of `key` being given the IPv6 `alloc`.
+    pub fn assign6(key: &PodKey, alloc: &Allocation6) -> Self {
+        Self::Assign6 {
             key: key.clone(),
             address: alloc.address,
             namespace: alloc.pod.namespace.clone(),
@@ -212,6 +249,32 @@ impl Record {
             Self::RemoveIp { address } => ds
                 .remove_secondary_ip(*address, true)
                 .map(drop)
+                .map_err(|e| e.to_string()),
+            Self::Assign6 {
+                key,
+                address,
+                namespace,
+                name,
+                at,
+            } => ds.v6_mut().restore(
+                key.clone(),
+                Allocation6 {
+                    address: *address,
+                    pod: PodInfo {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                    },
+                    allocated_at: *at,
+                },
+            ),
+            Self::Release6 { key, until } => ds
+                .v6_mut()
+                .release_until(key, *until)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Self::SetPrefix6 { prefix } => ds
+                .v6_mut()
+                .set_prefix(*prefix, true)
                 .map_err(|e| e.to_string()),
         }
     }

@@ -598,9 +598,17 @@ impl Netlink {
         no_prefix_route: bool,
     ) -> Result<(), NetlinkError> {
         let mut msg = Self::address_message(index, net);
+        let mut flags = AddressFlags::empty();
         if no_prefix_route {
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+            flags |= AddressFlags::Noprefixroute;
+        }
+        // EC2 assigned the address to this node alone: duplicate address detection would only
+        // keep it tentative (unusable as a source) for a second.
+        if matches!(net, IpNet::V6(_)) {
+            flags |= AddressFlags::Nodad;
+        }
+        if !flags.is_empty() {
+            msg.attributes.push(AddressAttribute::Flags(flags));
         }
         match self.request(
             || format!("add address {net} to link {index}"),

@@ -260,7 +260,7 @@ impl Node {
             rules.push(Self::eni_rule(e));
         }
         for (a, table, _) in &want.pods {
-            rules.extend(pod::pod_rules(*a, *table));
+            rules.extend(pod::pod_rules(std::net::IpAddr::V4(*a), *table));
         }
         rules
     }
@@ -382,6 +382,9 @@ impl Node {
 
     /// Removes the pod rules of an address no allocation holds.
     pub fn remove_pod_rules(&mut self, address: Ipv4Addr) -> Result<(), HostError> {
-        Ok(pod::remove_rules(&mut self.nl, address)?)
+        Ok(pod::remove_rules(
+            &mut self.nl,
+            std::net::IpAddr::V4(address),
+        )?)
     }
 }

@@ -5,20 +5,22 @@
 //!   node's namespace named `PREFIX` + 11 hex digits of SHA-1 of `namespace.name`;
 //! * in the pod: the address as a /32, a scope-link route to 169.254.1.1, the default route via
 //!   it, and a permanent neighbour entry for it at the host end's MAC (no ARP, no gateway address
-//!   to hand out);
+//!   to hand out); with IPv6 the same with a /128 and `fe80::1`, in one interface with the IPv4
+//!   address when the pod is dual-stack;
 //! * on the node: `POD/32 dev HOSTVETH` in main, `to POD lookup main` (512), and for an address
 //!   on a secondary ENI `from POD lookup TABLE` (1536), so that its packets leave through that
-//!   ENI (EC2 drops them otherwise).
+//!   ENI (EC2 drops them otherwise); for IPv6 `POD/128 dev HOSTVETH` and rule 512 (the /80 is
+//!   always the primary ENI's).
 //!
 //! Tearing down needs nothing but the names and the namespace: the address is read off the
 //! pod's interface (or given), so DEL works while the agent is down. It comes in two steps:
 //! [`detach`] (rules and route, fast) and [`unlink`] (the veth pair, which waits for an RCU grace
 //! period): the plugin hands the second to the agent when it can.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::netlink::{Link, Mac, Netlink, NetlinkError, Route, Rule, TABLE_MAIN};
 use super::netns::{NetNs, NetnsError};
@@ -26,6 +28,8 @@ use crate::core::sha1;
 
 /// The pod's gateway: link-local, never on the wire.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pod's IPv6 gateway: link-local, answered by the host end's MAC.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// Rule priority of `to POD lookup main`.
 pub const PRIO_TO_POD: u32 = 512;
 /// Rule priority of `from POD lookup TABLE`.
@@ -65,8 +69,10 @@ pub struct PodSpec<'a> {
     pub ifname: &'a str,
     /// The host end's name.
     pub host_veth: &'a str,
-    /// Its address.
-    pub address: Ipv4Addr,
+    /// Its IPv4 address.
+    pub address: Option<Ipv4Addr>,
+    /// Its IPv6 address.
+    pub address6: Option<Ipv6Addr>,
     /// The interfaces' MTU.
     pub mtu: u32,
     /// The ENI's routing table (main for the primary ENI).
@@ -86,15 +92,48 @@ fn host32(a: Ipv4Addr) -> IpNet {
     IpNet::V4(Ipv4Net::new(a, 32).expect("32 is a valid length"))
 }
 
-fn default_net() -> IpNet {
-    IpNet::V4(Ipv4Net::default())
+/// `a` as a host route's destination: /32 or /128.
+pub fn host_net(a: IpAddr) -> IpNet {
+    match a {
+        IpAddr::V4(a) => host32(a),
+        IpAddr::V6(a) => IpNet::V6(Ipv6Net::new(a, 128).expect("128 is a valid length")),
+    }
 }
 
-/// The node's rules for a pod's address.
-pub fn pod_rules(address: Ipv4Addr, table: u32) -> Vec<Rule> {
-    let mut v = vec![Rule::lookup(PRIO_TO_POD, TABLE_MAIN).to(host32(address))];
-    if table != TABLE_MAIN {
-        v.push(Rule::lookup(PRIO_FROM_POD, table).from(host32(address)));
+fn default_net(v6: bool) -> IpNet {
+    if v6 {
+        IpNet::V6(Ipv6Net::default())
+    } else {
+        IpNet::V4(Ipv4Net::default())
+    }
+}
+
+fn gateway(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(GATEWAY6)
+    } else {
+        IpAddr::V4(GATEWAY)
+    }
+}
+
+impl PodSpec<'_> {
+    /// The pod's addresses, IPv4 first.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.address
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.address6.map(IpAddr::V6))
+            .collect()
+    }
+}
+
+/// The node's rules for a pod's address: `to POD lookup main`, and for an IPv4 address on a
+/// secondary ENI `from POD lookup TABLE`.
+pub fn pod_rules(address: IpAddr, table: u32) -> Vec<Rule> {
+    let me = host_net(address);
+    let mut v = vec![Rule::lookup(PRIO_TO_POD, TABLE_MAIN).to(me)];
+    if table != TABLE_MAIN && address.is_ipv4() {
+        v.push(Rule::lookup(PRIO_FROM_POD, table).from(me));
     }
     v
 }
@@ -137,29 +176,33 @@ pub fn setup(spec: &PodSpec) -> Result<Wired, PodError> {
         pod_nl.set_up(lo.index, true)?;
     }
     pod_nl.set_up(inner.index, true)?;
-    pod_nl.add_address(inner.index, host32(spec.address), false)?;
-    pod_nl.add_route(
-        &Route::to(host32(GATEWAY), TABLE_MAIN)
-            .dev(inner.index)
-            .link_scope(),
-        true,
-    )?;
-    pod_nl.add_route(
-        &Route::to(default_net(), TABLE_MAIN)
-            .via(IpAddr::V4(GATEWAY))
-            .dev(inner.index),
-        true,
-    )?;
-    pod_nl.set_neighbour(inner.index, IpAddr::V4(GATEWAY), host.mac)?;
     node_nl.set_up(host.index, true)?;
-    node_nl.add_route(
-        &Route::to(host32(spec.address), TABLE_MAIN)
-            .dev(host.index)
-            .link_scope(),
-        true,
-    )?;
-    for r in pod_rules(spec.address, spec.table) {
-        node_nl.add_rule(&r)?;
+    for a in spec.addresses() {
+        let v6 = a.is_ipv6();
+        let gw = gateway(v6);
+        pod_nl.add_address(inner.index, host_net(a), false)?;
+        pod_nl.add_route(
+            &Route::to(host_net(gw), TABLE_MAIN)
+                .dev(inner.index)
+                .link_scope(),
+            true,
+        )?;
+        pod_nl.add_route(
+            &Route::to(default_net(v6), TABLE_MAIN)
+                .via(gw)
+                .dev(inner.index),
+            true,
+        )?;
+        pod_nl.set_neighbour(inner.index, gw, host.mac)?;
+        node_nl.add_route(
+            &Route::to(host_net(a), TABLE_MAIN)
+                .dev(host.index)
+                .link_scope(),
+            true,
+        )?;
+        for r in pod_rules(a, spec.table) {
+            node_nl.add_rule(&r)?;
+        }
     }
     Ok(Wired {
         host_mac: host.mac,
@@ -170,23 +213,15 @@ pub fn setup(spec: &PodSpec) -> Result<Wired, PodError> {
 /// What [`detach`] found and left.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Detached {
-    /// The pod's address: read off its interface, else the hint.
-    pub address: Option<Ipv4Addr>,
+    /// The pod's addresses: read off its interface, else the hints.
+    pub addresses: Vec<IpAddr>,
     /// The host end, still there: its name and index.
     pub host_end: Option<(String, u32)>,
 }
 
-/// Cuts the pod off the node, quickly: the node's rules for its address and the /32 route to
-/// its host end go; the veth pair stays for [`unlink`] (deleting a veth waits for the kernel's
-/// RCU grace period, tens of milliseconds). The address is read off the pod's interface when its
-/// namespace is still there, else `address` (prevResult's) is used. Idempotent.
-pub fn detach(
-    netns: Option<&Path>,
-    ifname: &str,
-    host_veth: &str,
-    address: Option<Ipv4Addr>,
-) -> Result<Detached, PodError> {
-    let mut found = None;
+/// The pod's addresses on `ifname` in its namespace: the /32 and /128 ADD put there.
+fn pod_addresses(netns: Option<&Path>, ifname: &str) -> Result<Vec<IpAddr>, PodError> {
+    let mut found = Vec::new();
     if let Some(path) = netns
         && let Ok(pod) = NetNs::open(path)
     {
@@ -196,27 +231,50 @@ pub fn detach(
                 .addresses()?
                 .into_iter()
                 .filter(|a| a.index == l.index)
-                .find_map(|a| match a.net {
-                    IpNet::V4(n) if n.prefix_len() == 32 => Some(n.addr()),
+                .filter_map(|a| match a.net {
+                    IpNet::V4(n) if n.prefix_len() == 32 => Some(IpAddr::V4(n.addr())),
+                    IpNet::V6(n) if n.prefix_len() == 128 => Some(IpAddr::V6(n.addr())),
                     _ => None,
-                });
+                })
+                .collect();
         }
     }
+    Ok(found)
+}
+
+/// Cuts the pod off the node, quickly: the node's rules for its addresses and the host routes
+/// to its host end go; the veth pair stays for [`unlink`] (deleting a veth waits for the
+/// kernel's RCU grace period, tens of milliseconds). The addresses are read off the pod's
+/// interface when its namespace is still there, else `hints` (prevResult's) are used.
+/// Idempotent.
+pub fn detach(
+    netns: Option<&Path>,
+    ifname: &str,
+    host_veth: &str,
+    hints: &[IpAddr],
+) -> Result<Detached, PodError> {
+    let mut addresses = pod_addresses(netns, ifname)?;
+    if addresses.is_empty() {
+        addresses = hints.to_vec();
+    }
     let mut node_nl = Netlink::open()?;
-    let address = found.or(address);
-    if let Some(a) = address {
-        remove_rules(&mut node_nl, a)?;
+    for a in &addresses {
+        remove_rules(&mut node_nl, *a)?;
     }
     let host = node_nl.link_by_name(host_veth)?;
-    if let (Some(a), Some(l)) = (address, &host) {
-        let r = Route::to(host32(a), TABLE_MAIN).dev(l.index).link_scope();
-        match node_nl.del_route(&r) {
-            Err(e) if !e.missing() => return Err(e.into()),
-            _ => {}
+    if let Some(l) = &host {
+        for a in &addresses {
+            let r = Route::to(host_net(*a), TABLE_MAIN)
+                .dev(l.index)
+                .link_scope();
+            match node_nl.del_route(&r) {
+                Err(e) if !e.missing() => return Err(e.into()),
+                _ => {}
+            }
         }
     }
     Ok(Detached {
-        address,
+        addresses,
         host_end: host.map(|l| (l.name, l.index)),
     })
 }
@@ -236,14 +294,14 @@ pub fn unlink(nl: &mut Netlink, name: &str, index: u32) -> Result<bool, PodError
 }
 
 /// Removes the pod's wiring at once: [`detach`], then [`unlink`] of the host end (or of the pod's
-/// interface when the host end is already gone). Idempotent; returns the address found.
+/// interface when the host end is already gone). Idempotent; returns the addresses found.
 pub fn teardown(
     netns: Option<&Path>,
     ifname: &str,
     host_veth: &str,
-    address: Option<Ipv4Addr>,
-) -> Result<Option<Ipv4Addr>, PodError> {
-    let d = detach(netns, ifname, host_veth, address)?;
+    hints: &[IpAddr],
+) -> Result<Vec<IpAddr>, PodError> {
+    let d = detach(netns, ifname, host_veth, hints)?;
     match &d.host_end {
         Some((name, index)) => {
             unlink(&mut Netlink::open()?, name, *index)?;
@@ -262,13 +320,13 @@ pub fn teardown(
             }
         }
     }
-    Ok(d.address)
+    Ok(d.addresses)
 }
 
 /// Removes the node's pod rules (512, 1536, any table) for `address`.
-pub fn remove_rules(nl: &mut Netlink, address: Ipv4Addr) -> Result<(), PodError> {
-    let me = host32(address);
-    for r in nl.rules(false)? {
+pub fn remove_rules(nl: &mut Netlink, address: IpAddr) -> Result<(), PodError> {
+    let me = host_net(address);
+    for r in nl.rules(address.is_ipv6())? {
         let ours = (r.priority == PRIO_TO_POD && r.to == Some(me))
             || (r.priority == PRIO_FROM_POD && r.from == Some(me));
         if ours {
@@ -290,79 +348,89 @@ pub fn check(spec: &PodSpec) -> Result<(), PodError> {
     let inner = find(&mut pod_nl, spec.ifname, "the pod's interface")?;
     let host = find(&mut node_nl, spec.host_veth, "the host end")?;
     let missing = |what: String| Err(PodError::Missing(what));
-    if !pod_nl
-        .addresses()?
-        .iter()
-        .any(|a| a.index == inner.index && a.net == host32(spec.address))
-    {
-        return missing(format!("{} has no {}/32", spec.ifname, spec.address));
-    }
-    let routes = pod_nl.routes(false)?;
-    let has = |dst: IpNet, gw: Option<IpAddr>| {
-        routes.iter().any(|r| {
-            r.table == TABLE_MAIN && r.dst == dst && r.gateway == gw && r.oif == Some(inner.index)
-        })
-    };
-    if !has(host32(GATEWAY), None) || !has(default_net(), Some(IpAddr::V4(GATEWAY))) {
-        return missing(format!("the pod's routes via {GATEWAY} are not there"));
-    }
-    if !pod_nl
-        .permanent_neighbours()?
-        .iter()
-        .any(|(i, ip, mac)| *i == inner.index && *ip == IpAddr::V4(GATEWAY) && *mac == host.mac)
-    {
-        return missing(format!(
-            "the pod's neighbour entry for {GATEWAY} is not there"
-        ));
-    }
     if !host.up {
         return missing(format!("{} is down", spec.host_veth));
     }
-    if !node_nl.routes(false)?.iter().any(|r| {
-        r.table == TABLE_MAIN && r.dst == host32(spec.address) && r.oif == Some(host.index)
-    }) {
-        return missing(format!(
-            "the node has no route {}/32 dev {}",
-            spec.address, spec.host_veth
-        ));
-    }
-    let rules = node_nl.rules(false)?;
-    for want in pod_rules(spec.address, spec.table) {
-        if !rules.iter().any(|r| {
-            r.priority == want.priority
-                && r.table == want.table
-                && r.from == want.from
-                && r.to == want.to
-        }) {
-            return missing(format!("the node has no rule {want:?}"));
+    let addresses = pod_nl.addresses()?;
+    let neighbours = pod_nl.permanent_neighbours()?;
+    for a in spec.addresses() {
+        let v6 = a.is_ipv6();
+        let gw = gateway(v6);
+        if !addresses
+            .iter()
+            .any(|x| x.index == inner.index && x.net == host_net(a))
+        {
+            return missing(format!("{} has no {}", spec.ifname, host_net(a)));
+        }
+        let routes = pod_nl.routes(v6)?;
+        let has = |dst: IpNet, gw: Option<IpAddr>| {
+            routes.iter().any(|r| {
+                r.table == TABLE_MAIN
+                    && r.dst == dst
+                    && r.gateway == gw
+                    && r.oif == Some(inner.index)
+            })
+        };
+        if !has(host_net(gw), None) || !has(default_net(v6), Some(gw)) {
+            return missing(format!("the pod's routes via {gw} are not there"));
+        }
+        if !neighbours
+            .iter()
+            .any(|(i, ip, mac)| *i == inner.index && *ip == gw && *mac == host.mac)
+        {
+            return missing(format!("the pod's neighbour entry for {gw} is not there"));
+        }
+        if !node_nl
+            .routes(v6)?
+            .iter()
+            .any(|r| r.table == TABLE_MAIN && r.dst == host_net(a) && r.oif == Some(host.index))
+        {
+            return missing(format!(
+                "the node has no route {} dev {}",
+                host_net(a),
+                spec.host_veth
+            ));
+        }
+        let rules = node_nl.rules(v6)?;
+        for want in pod_rules(a, spec.table) {
+            if !rules.iter().any(|r| {
+                r.priority == want.priority
+                    && r.table == want.table
+                    && r.from == want.from
+                    && r.to == want.to
+            }) {
+                return missing(format!("the node has no rule {want:?}"));
+            }
         }
     }
     Ok(())
 }
 
-/// Host ends named with `prefix` whose pod address is not in `keep`, with that address: what a
-/// CNI GC removes (with their rules).
+/// Host ends named with `prefix` none of whose pod addresses is in `keep`, with those
+/// addresses: what a CNI GC removes (with their rules).
 pub fn leftovers(
     nl: &mut Netlink,
     prefix: &str,
-    keep: &[Ipv4Addr],
-) -> Result<Vec<(Link, Option<Ipv4Addr>)>, PodError> {
-    let routes = nl.routes(false)?;
+    keep: &[IpAddr],
+) -> Result<Vec<(Link, Vec<IpAddr>)>, PodError> {
+    let mut routes = nl.routes(false)?;
+    routes.extend(nl.routes(true)?);
     let mut out = Vec::new();
     for l in nl.links()? {
         if !l.name.starts_with(prefix) || l.kind.as_deref() != Some("veth") {
             continue;
         }
-        let addr = routes.iter().find_map(|r| match r.dst {
-            IpNet::V4(n)
-                if r.table == TABLE_MAIN && r.oif == Some(l.index) && n.prefix_len() == 32 =>
-            {
-                Some(n.addr())
-            }
-            _ => None,
-        });
-        if addr.is_none_or(|a| !keep.contains(&a)) {
-            out.push((l, addr));
+        let addrs: Vec<IpAddr> = routes
+            .iter()
+            .filter(|r| r.table == TABLE_MAIN && r.oif == Some(l.index))
+            .filter_map(|r| match r.dst {
+                IpNet::V4(n) if n.prefix_len() == 32 => Some(IpAddr::V4(n.addr())),
+                IpNet::V6(n) if n.prefix_len() == 128 => Some(IpAddr::V6(n.addr())),
+                _ => None,
+            })
+            .collect();
+        if !addrs.iter().any(|a| keep.contains(a)) {
+            out.push((l, addrs));
         }
     }
     Ok(out)
@@ -389,10 +457,16 @@ mod tests {
     #[test]
     fn rules_for_primary_and_secondary_enis() {
         let a: Ipv4Addr = "10.0.0.17".parse().unwrap();
-        assert_eq!(pod_rules(a, TABLE_MAIN).len(), 1);
-        let r = pod_rules(a, 2);
+        assert_eq!(pod_rules(IpAddr::V4(a), TABLE_MAIN).len(), 1);
+        let r = pod_rules(IpAddr::V4(a), 2);
         assert_eq!(r[1].priority, PRIO_FROM_POD);
         assert_eq!(r[1].table, 2);
         assert_eq!(r[1].from, Some(host32(a)));
+        // The /80 is the primary ENI's: an IPv6 address gets rule 512 alone, as an IPv6 rule.
+        let six: IpAddr = "2600:1f14::1:0:0:5".parse().unwrap();
+        let r = pod_rules(six, 2);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].v6);
+        assert_eq!(r[0].to, Some(host_net(six)));
     }
 }

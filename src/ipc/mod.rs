@@ -5,7 +5,7 @@
 //! [`pending`] holds the releases a DEL could not deliver.
 
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -133,9 +133,12 @@ pub struct PodNet {
 pub struct Reply {
     /// [`PROTOCOL_VERSION`].
     pub v: u32,
-    /// The address (ADD, CHECK).
+    /// The IPv4 address (ADD, CHECK), when the node gives pods one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
+    /// The IPv6 address (ADD, CHECK), when the node gives pods one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
     /// Addresses released (DEL, GC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released: Option<u32>,
@@ -147,7 +150,7 @@ pub struct Reply {
     pub pod_net: Option<PodNet>,
     /// Every address still allocated after a GC: host ends of others are leftovers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kept: Option<Vec<Ipv4Addr>>,
+    pub kept: Option<Vec<IpAddr>>,
     /// DEL: the agent deletes the host end it was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unlinking: Option<bool>,
@@ -332,7 +335,9 @@ mod tests {
         assert!(n < MAX_MESSAGE, "{n} bytes");
         let reply = Reply {
             kept: Some(vec![
-                Ipv4Addr::new(255, 255, 255, 255);
+                IpAddr::V6(Ipv6Addr::new(
+                    0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff
+                ));
                 MAX_ATTACHMENTS as usize
             ]),
             ..Reply::error(ErrorKind::Internal, "x".repeat(4096))

@@ -230,7 +230,7 @@ impl PausedAgent {
                 std::time::Duration::from_millis(timeout_ms),
             )
             .await
-            .map(|l| l.address)
+            .map(|l| l.address.expect("an IPv4 node gives an IPv4 address"))
     }
 
     /// A DEL: whether the key held an address.
