@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
 };
 use common::{http_async, sdk_client, start_mock};
 use ipnet::Ipv4Net;
-use prefixd::core::Prefix28;
+use prefixd::core::{Prefix28, Prefix80};
 use prefixd::ec2::Action;
 
 const SCENARIO: &str = r#"{
@@ -1010,4 +1010,224 @@ async fn admin_fragments_a_subnet_and_sets_latency() {
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(v["errors"]["CreateTags"]["UnauthorizedOperation"], 1);
     mock.shutdown().await;
+}
+
+/// IPv6 through the SDK: a VPC's Amazon-provided /56, a subnet's /64, one /80 per ENI with
+/// `Ipv6PrefixCount` (aligned, inside the /64, never twice), EC2's refusals (both forms at once,
+/// Xen, a subnet without IPv6, the per-ENI limit), DescribeNetworkInterfaces and IMDS.
+#[tokio::test]
+async fn ipv6_prefixes_through_the_sdk_and_imds() {
+    let mock = start_mock(SCENARIO).await;
+    let ec2 = sdk_client(&mock.endpoint());
+    let v4_subnet = mock.id("nodes").unwrap().to_owned();
+    let old = mock.id("old").unwrap().to_owned();
+
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.8.0.0/16")
+        .amazon_provided_ipv6_cidr_block(true)
+        .send()
+        .await
+        .unwrap();
+    let vpc = vpc.vpc().unwrap();
+    let vpc_id = vpc.vpc_id().unwrap().to_owned();
+    let v56: ipnet::Ipv6Net = vpc.ipv6_cidr_block_association_set()[0]
+        .ipv6_cidr_block()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(v56.prefix_len(), 56);
+    let v64 = v56.subnets(64).unwrap().nth(3).unwrap();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.8.0.0/20")
+        .ipv6_cidr_block(v64.to_string())
+        .availability_zone("us-west-2a")
+        .send()
+        .await
+        .unwrap();
+    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_owned();
+    let listed = ec2
+        .describe_subnets()
+        .subnet_ids(&subnet_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.subnets()[0].ipv6_cidr_block_association_set()[0].ipv6_cidr_block(),
+        Some(v64.to_string().as_str())
+    );
+    // A /64 outside the VPC's /56, or a second subnet on the same /64: refused.
+    let outside: ipnet::Ipv6Net = "2001:db8::/64".parse().unwrap();
+    let e = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.8.16.0/20")
+        .ipv6_cidr_block(outside.to_string())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e), ("InvalidSubnet.Range".into(), 400));
+    let e = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.8.16.0/20")
+        .ipv6_cidr_block(v64.to_string())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e), ("InvalidSubnet.Conflict".into(), 400));
+
+    // A node in the IPv6 subnet, its /80 as the agent asks for it.
+    let run = ec2
+        .run_instances()
+        .image_id("ami-1")
+        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+        .subnet_id(&subnet_id)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let inst = &run.instances()[0];
+    let eni = inst.network_interfaces()[0]
+        .network_interface_id()
+        .unwrap()
+        .to_owned();
+    let both = ec2
+        .assign_ipv6_addresses()
+        .network_interface_id(&eni)
+        .ipv6_prefix_count(1)
+        .ipv6_prefixes("2600::/80")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_status(&both),
+        ("InvalidParameterCombination".into(), 400)
+    );
+    let mut seen = HashSet::new();
+    for _ in 0..3 {
+        let r = ec2
+            .assign_ipv6_addresses()
+            .network_interface_id(&eni)
+            .ipv6_prefix_count(1)
+            .send()
+            .await
+            .unwrap();
+        let p: Prefix80 = r.assigned_ipv6_prefixes()[0].parse().unwrap();
+        assert!(v64.contains(&p.network()), "{p} outside {v64}");
+        assert!(seen.insert(p), "{p} assigned twice");
+    }
+    let r = ec2
+        .assign_ipv6_addresses()
+        .network_interface_id(&eni)
+        .ipv6_address_count(2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.assigned_ipv6_addresses().len(), 2);
+    let d = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(&eni)
+        .send()
+        .await
+        .unwrap();
+    let ni = &d.network_interfaces()[0];
+    let listed: HashSet<Prefix80> = ni
+        .ipv6_prefixes()
+        .iter()
+        .map(|p| p.ipv6_prefix().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(listed, seen);
+    assert_eq!(ni.ipv6_addresses().len(), 2);
+    // m5.large: 10 IPv6 addresses per interface; 3 prefixes + 2 addresses held.
+    let e = ec2
+        .assign_ipv6_addresses()
+        .network_interface_id(&eni)
+        .ipv6_address_count(6)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code_status(&e).0, "InvalidParameterValue");
+    assert!(e.message().unwrap().contains("limit"), "{e:?}");
+    // Unassign gives a prefix back; the next one is the same slot.
+    let first = *seen.iter().min().unwrap();
+    ec2.unassign_ipv6_addresses()
+        .network_interface_id(&eni)
+        .ipv6_prefixes(first.to_string())
+        .send()
+        .await
+        .unwrap();
+    let again = ec2
+        .assign_ipv6_addresses()
+        .network_interface_id(&eni)
+        .ipv6_prefix_count(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.assigned_ipv6_prefixes(), [first.to_string()]);
+
+    // A subnet without IPv6, and a Xen instance: refused with the reason.
+    let old_eni = ec2
+        .describe_instances()
+        .instance_ids(&old)
+        .send()
+        .await
+        .unwrap()
+        .reservations()[0]
+        .instances()[0]
+        .network_interfaces()[0]
+        .network_interface_id()
+        .unwrap()
+        .to_owned();
+    let e = ec2
+        .assign_ipv6_addresses()
+        .network_interface_id(&old_eni)
+        .ipv6_prefix_count(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.message().unwrap().contains("Nitro"), "{e:?}");
+    let v4_eni = new_eni(&ec2, &v4_subnet).await;
+    let e = ec2
+        .assign_ipv6_addresses()
+        .network_interface_id(&v4_eni)
+        .ipv6_prefix_count(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.message().unwrap().contains("no IPv6 CIDR"), "{e:?}");
+
+    // The adapter the agent uses reads the same.
+    let adapter = prefixd::ec2::sdk::SdkEc2::new(
+        ec2.clone(),
+        prefixd::ec2::limiter::Limiter::new(100.0, 100),
+        std::sync::Arc::new(prefixd::metrics::Metrics::new()),
+    );
+    use prefixd::ec2::Ec2;
+    let sid: prefixd::core::SubnetId = subnet_id.parse().unwrap();
+    let info = adapter.describe_subnets(&[sid]).await.unwrap();
+    assert_eq!(info[0].ipv6_cidrs, vec![v64]);
+
+    // IMDS of that instance: the prefixes and the subnet's and VPC's blocks.
+    let mac = ni.mac_address().unwrap();
+    let base = format!("network/interfaces/macs/{mac}");
+    let id = inst.instance_id().unwrap();
+    let get = |k: &str| {
+        let (status, body) = mock
+            .account()
+            .read(|m| prefixd::mock::imds::metadata(m, id, &format!("{base}/{k}")));
+        (status == 200).then_some(body)
+    };
+    let prefixes: HashSet<Prefix80> = get("ipv6-prefix")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(prefixes.len(), 3);
+    assert_eq!(get("subnet-ipv6-cidr-blocks").unwrap(), v64.to_string());
+    assert_eq!(get("vpc-ipv6-cidr-blocks").unwrap(), v56.to_string());
+    assert_eq!(get("ipv6s").unwrap().lines().count(), 2);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::core::config::PoolConfig;
+use crate::core::config::{Families, PoolConfig};
 use crate::core::settings::{ConfigError, Setting, Values, ser_duration};
 use crate::core::{InstanceId, SubnetId};
 use crate::ec2::limiter::{self, LimiterConfig};
@@ -115,8 +115,23 @@ pub const METRICS_BIND_ADDRESS: Setting = Setting::new(
     "Prometheus metrics: /metrics",
 );
 
+/// ENABLE_IPv4 (the VPC CNI's name).
+pub const ENABLE_IPV4: Setting = Setting::new(
+    "ENABLE_IPv4",
+    "true",
+    "pods get an IPv4 address from the /28 pool",
+);
+/// ENABLE_IPv6 (the VPC CNI's name).
+pub const ENABLE_IPV6: Setting = Setting::new(
+    "ENABLE_IPv6",
+    "false",
+    "pods get a /128 from the node's /80 (with ENABLE_IPv4 too: dual-stack pods)",
+);
+
 /// The agent's own settings (the warm-pool and limiter settings have their own tables).
 pub const SETTINGS: &[Setting] = &[
+    ENABLE_IPV4,
+    ENABLE_IPV6,
     INSTANCE_ID,
     MAX_PODS,
     POD_SUBNET_IDS,
@@ -149,6 +164,8 @@ pub const TABLES: &[&[Setting]] = &[
 pub struct AgentConfig {
     /// Warm targets, mode, cooldown.
     pub pool: PoolConfig,
+    /// ENABLE_IPv4, ENABLE_IPv6.
+    pub families: Families,
     /// EC2_API_QPS, EC2_API_BURST.
     pub limiter: LimiterConfig,
     /// The node's data plane: ENABLE_HOST_NETWORKING, MTUs, SNAT...
@@ -299,8 +316,29 @@ impl AgentConfig {
             None => None,
             Some(_) => Some(v.positive_count(&MAX_PODS, crate::ipc::MAX_ATTACHMENTS)?),
         };
+        let pool = PoolConfig::from_lookup(v)?;
+        let families = Families {
+            ipv4: v.bool(&ENABLE_IPV4)?,
+            ipv6: v.bool(&ENABLE_IPV6)?,
+        };
+        if !families.ipv4 && !families.ipv6 {
+            return Err(ConfigError::new(
+                ENABLE_IPV4.var,
+                "false",
+                "with ENABLE_IPv6=false too pods would get no address: enable one family or both",
+            ));
+        }
+        if families.ipv6 && pool.mode() != crate::core::Mode::Prefix {
+            return Err(ConfigError::new(
+                ENABLE_IPV6.var,
+                "true",
+                "IPv6 is prefix delegation of one /80 and cannot run in secondary IP mode: \
+                 set ENABLE_PREFIX_DELEGATION=true",
+            ));
+        }
         Ok(Self {
-            pool: PoolConfig::from_lookup(v)?,
+            pool,
+            families,
             limiter: LimiterConfig::from_lookup(v)?,
             host: HostConfig::from_lookup(v)?,
             instance_id: v.optional(&INSTANCE_ID, "an instance id, i- and hex")?,

@@ -166,6 +166,26 @@ pub async fn discover<E: Ec2>(
             info.instance_type
         )));
     }
+    if cfg.families.ipv6 {
+        if !limits.supports_prefixes {
+            return Err(AgentError::Unsupported(format!(
+                "ENABLE_IPv6=true needs a Nitro instance (EC2 delegates the /80 only to Nitro), \
+                 and {} is not one; set ENABLE_IPv6=false or move the node to a Nitro type",
+                info.instance_type
+            )));
+        }
+        let subnets = retrying("DescribeSubnets", instance.as_str(), || {
+            ec2.describe_subnets(std::slice::from_ref(&info.subnet))
+        })
+        .await?;
+        if subnets.iter().all(|s| s.ipv6_cidrs.is_empty()) {
+            return Err(AgentError::Unsupported(format!(
+                "ENABLE_IPv6=true, but the node's subnet {} has no IPv6 CIDR block: associate a \
+                 /64 of the VPC's /56 with it (AssociateSubnetCidrBlock), or set ENABLE_IPv6=false",
+                info.subnet
+            )));
+        }
+    }
     let slots = limits.ipv4_per_eni.saturating_sub(1);
     let formula = instance_types::max_pods(
         limits.max_enis,
@@ -296,9 +316,12 @@ impl<E: Ec2> AgentBuilder<E> {
                     locks.push(lock::acquire("socket", &cfg.socket_path)?);
                 }
                 let (pool, report) = pool::start_threaded(
-                    &cfg.checkpoint_path,
+                    pool::Checkpoint {
+                        path: &cfg.checkpoint_path,
+                        discard: cfg.discard_checkpoint,
+                    },
+                    cfg.families,
                     cfg.pool.cooldown,
-                    cfg.discard_checkpoint,
                     clock,
                     wake.clone(),
                     metrics.clone(),
@@ -313,6 +336,7 @@ impl<E: Ec2> AgentBuilder<E> {
                 pool
             }
             PoolMode::Inline => pool::start_inline(
+                cfg.families,
                 cfg.pool.cooldown,
                 clock,
                 wake.clone(),

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::core::checkpoint::{CheckpointError, LoadReport};
+use crate::core::config::Families;
 use crate::core::datastore::{BlockId, Datastore};
 use crate::core::inventory::{Inventory, Totals};
 use crate::core::journal::{Journal, MemoryJournal};
@@ -197,18 +198,28 @@ fn lease_of(ds: &Datastore, key: &PodKey) -> Option<Leased> {
     (v4.is_some() || v6.is_some()).then(|| leased(ds, v4, v6))
 }
 
+/// The checkpoint the threaded pool opens, and how.
+pub(super) struct Checkpoint<'a> {
+    /// CHECKPOINT_PATH.
+    pub path: &'a Path,
+    /// DISCARD_CHECKPOINT.
+    pub discard: bool,
+}
+
 /// Opens the checkpoint and starts the owner thread. `wake` is notified whenever an ADD starts
 /// waiting for an address.
 pub(super) fn start_threaded(
-    checkpoint: &Path,
+    checkpoint: Checkpoint<'_>,
+    families: Families,
     cooldown: Duration,
-    discard: bool,
     clock: Clock,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
 ) -> Result<(PoolHandle, LoadReport), CheckpointError> {
-    let (store, report) = Store::open(checkpoint, cooldown, discard, clock.now())?;
+    let (mut store, report) =
+        Store::open(checkpoint.path, cooldown, checkpoint.discard, clock.now())?;
+    store.set_families(families);
     metrics.stranded(report.stranded.len() as u64);
     metrics.torn_tail(report.torn_tail_bytes as u64);
     let (tx, rx) = mpsc::channel();
@@ -225,7 +236,7 @@ pub(super) fn start_threaded(
         .name("prefixd-pool".into())
         .spawn(move || owner.run(rx))
         .map_err(|source| CheckpointError::Io {
-            path: checkpoint.to_owned(),
+            path: checkpoint.path.to_owned(),
             op: "start the pool thread for",
             source,
         })?;
@@ -241,6 +252,7 @@ pub(super) fn start_threaded(
 /// A pool with no thread and no file: each request is handled on the caller's task, with an
 /// in-memory checkpoint.
 pub(super) fn start_inline(
+    families: Families,
     cooldown: Duration,
     clock: Clock,
     wake: Arc<Notify>,
@@ -248,10 +260,11 @@ pub(super) fn start_inline(
     status: Arc<Status>,
 ) -> PoolHandle {
     let counters = Arc::new(Counters::default());
-    let store = Store::new(
+    let mut store = Store::new(
         Datastore::new(cooldown),
         Box::new(MemoryJournal::default()) as Box<dyn Journal + Send>,
     );
+    store.set_families(families);
     let owner = Owner::new(store, counters.clone(), wake, metrics, clock, status);
     PoolHandle {
         link: Link::Inline(Arc::new(Mutex::new(owner))),

@@ -37,6 +37,8 @@ pub struct StatusView {
     pub missing_links: Vec<String>,
     /// Why the checkpoint cannot be written, while it cannot (every change would be undone).
     pub checkpoint_error: Option<String>,
+    /// The node's IPv6 /80 (ENABLE_IPv6), once the pool holds it.
+    pub ipv6_prefix: Option<String>,
     /// Why the plugin socket does not accept connections (gone, or out of file descriptors).
     pub socket_error: Option<String>,
     /// The socket this agent serves.

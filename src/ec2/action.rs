@@ -10,8 +10,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// An EC2 Query API action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
+    /// AssignIpv6Addresses.
+    AssignIpv6Addresses,
     /// AssignPrivateIpAddresses.
     AssignPrivateIpAddresses,
+    /// AssociateSubnetCidrBlock (the mock's set-up).
+    AssociateSubnetCidrBlock,
+    /// AssociateVpcCidrBlock (the mock's set-up).
+    AssociateVpcCidrBlock,
     /// AttachNetworkInterface.
     AttachNetworkInterface,
     /// CreateNetworkInterface.
@@ -48,6 +54,8 @@ pub enum Action {
     RunInstances,
     /// TerminateInstances (the mock's set-up).
     TerminateInstances,
+    /// UnassignIpv6Addresses.
+    UnassignIpv6Addresses,
     /// UnassignPrivateIpAddresses.
     UnassignPrivateIpAddresses,
 }
@@ -69,7 +77,10 @@ pub struct UnknownAction(pub String);
 impl Action {
     /// Every action, in name order.
     pub const ALL: &'static [Action] = &[
+        Self::AssignIpv6Addresses,
         Self::AssignPrivateIpAddresses,
+        Self::AssociateSubnetCidrBlock,
+        Self::AssociateVpcCidrBlock,
         Self::AttachNetworkInterface,
         Self::CreateNetworkInterface,
         Self::CreateSubnet,
@@ -88,12 +99,14 @@ impl Action {
         Self::ModifyNetworkInterfaceAttribute,
         Self::RunInstances,
         Self::TerminateInstances,
+        Self::UnassignIpv6Addresses,
         Self::UnassignPrivateIpAddresses,
     ];
 
     /// What the agent calls: its IAM policy (deploy/iam-policy.json) grants exactly these.
     /// CreateTags is never called by itself: CreateNetworkInterface's TagSpecification needs it.
     pub const AGENT: &'static [Action] = &[
+        Self::AssignIpv6Addresses,
         Self::AssignPrivateIpAddresses,
         Self::AttachNetworkInterface,
         Self::CreateNetworkInterface,
@@ -112,7 +125,10 @@ impl Action {
     /// The API name, e.g. `AssignPrivateIpAddresses`.
     pub fn name(self) -> &'static str {
         match self {
+            Self::AssignIpv6Addresses => "AssignIpv6Addresses",
             Self::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
+            Self::AssociateSubnetCidrBlock => "AssociateSubnetCidrBlock",
+            Self::AssociateVpcCidrBlock => "AssociateVpcCidrBlock",
             Self::AttachNetworkInterface => "AttachNetworkInterface",
             Self::CreateNetworkInterface => "CreateNetworkInterface",
             Self::CreateSubnet => "CreateSubnet",
@@ -131,6 +147,7 @@ impl Action {
             Self::ModifyNetworkInterfaceAttribute => "ModifyNetworkInterfaceAttribute",
             Self::RunInstances => "RunInstances",
             Self::TerminateInstances => "TerminateInstances",
+            Self::UnassignIpv6Addresses => "UnassignIpv6Addresses",
             Self::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
         }
     }
@@ -162,6 +179,8 @@ impl Action {
             }
             Self::AssignPrivateIpAddresses
             | Self::UnassignPrivateIpAddresses
+            | Self::AssignIpv6Addresses
+            | Self::UnassignIpv6Addresses
             | Self::CreateNetworkInterface
             | Self::DeleteNetworkInterface
             | Self::ModifyNetworkInterfaceAttribute => (100.0, 5.0),

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 
 pub use action::{Action, BucketSpec};
 
-use crate::core::{EniId, InstanceId, Prefix28, SubnetId};
+use crate::core::{EniId, InstanceId, Prefix28, Prefix80, SubnetId};
 
 /// How the SDK client retries a call by itself (aws-smithy's retry settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +186,8 @@ pub struct EniInfo {
     pub secondary_ips: Vec<Ipv4Addr>,
     /// Prefixes.
     pub prefixes: Vec<Prefix28>,
+    /// IPv6 /80 prefixes.
+    pub ipv6_prefixes: Vec<Prefix80>,
     /// Tags.
     pub tags: BTreeMap<String, String>,
 }
@@ -216,6 +218,8 @@ pub struct SubnetInfo {
     pub cidr: String,
     /// AvailableIpAddressCount.
     pub available: u32,
+    /// Its associated IPv6 CIDR blocks (a /64 when it has one).
+    pub ipv6_cidrs: Vec<ipnet::Ipv6Net>,
 }
 
 /// An instance type's network limits.
@@ -293,6 +297,11 @@ pub trait Ec2: Send + Sync + 'static {
         eni: &EniId,
         count: u32,
     ) -> impl Future<Output = Result<Vec<Ipv4Addr>, Ec2Error>> + Send;
+    /// AssignIpv6Addresses with Ipv6PrefixCount=1: the node's /80.
+    fn assign_ipv6_prefix(
+        &self,
+        eni: &EniId,
+    ) -> impl Future<Output = Result<Vec<Prefix80>, Ec2Error>> + Send;
     /// UnassignPrivateIpAddresses.
     fn unassign(
         &self,

@@ -22,7 +22,7 @@ use super::{
     Action, Ec2, Ec2Error, EniInfo, ErrorClass, InstanceInfo, NewEni, RetryPolicy, SubnetInfo,
     TypeLimits, tags,
 };
-use crate::core::{EniId, InstanceId, Prefix28, SubnetId};
+use crate::core::{EniId, InstanceId, Prefix28, Prefix80, SubnetId};
 use crate::metrics::Metrics;
 
 /// An EC2 client from `conf` that retries as [`RetryPolicy::AGENT`] says (not at all: the
@@ -110,6 +110,11 @@ fn eni_info(n: &NetworkInterface) -> Option<EniInfo> {
             .ipv4_prefixes()
             .iter()
             .filter_map(|p| p.ipv4_prefix()?.parse().ok())
+            .collect(),
+        ipv6_prefixes: n
+            .ipv6_prefixes()
+            .iter()
+            .filter_map(|p| p.ipv6_prefix()?.parse().ok())
             .collect(),
         tags: n
             .tag_set()
@@ -306,6 +311,16 @@ impl Ec2 for SdkEc2 {
                     id: s.subnet_id()?.parse().ok()?,
                     cidr: s.cidr_block().unwrap_or_default().to_owned(),
                     available: s.available_ip_address_count().unwrap_or(0).max(0) as u32,
+                    ipv6_cidrs: s
+                        .ipv6_cidr_block_association_set()
+                        .iter()
+                        .filter(|a| {
+                            a.ipv6_cidr_block_state()
+                                .and_then(|s| s.state())
+                                .is_none_or(|s| matches!(s.as_str(), "associated" | "associating"))
+                        })
+                        .filter_map(|a| a.ipv6_cidr_block()?.parse().ok())
+                        .collect(),
                 })
             })
             .collect())
@@ -384,6 +399,26 @@ impl Ec2 for SdkEc2 {
             .filter_map(|p| p.private_ip_address()?.parse().ok())
             .collect();
         tracing::info!(action = "AssignPrivateIpAddresses", eni.id = %eni, asked = count, addresses = ?got, "assigned secondary addresses");
+        Ok(got)
+    }
+
+    async fn assign_ipv6_prefix(&self, eni: &EniId) -> Result<Vec<Prefix80>, Ec2Error> {
+        const A: Action = Action::AssignIpv6Addresses;
+        let r = self
+            .call(A, || {
+                self.client
+                    .assign_ipv6_addresses()
+                    .network_interface_id(eni.as_str())
+                    .ipv6_prefix_count(1)
+                    .send()
+            })
+            .await?;
+        let got: Vec<Prefix80> = r
+            .assigned_ipv6_prefixes()
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        tracing::info!(action = %A, eni.id = %eni, prefixes = ?got.iter().map(|p| p.to_string()).collect::<Vec<_>>(), "assigned the IPv6 prefix");
         Ok(got)
     }
 

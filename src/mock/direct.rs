@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use super::ApiError;
 use super::account::Account;
 use super::actions::attach_status;
-use super::model::{Eni, IpRequest, Model};
+use super::model::{Eni, IpRequest, Ipv6Request, Model};
 use crate::core::backoff::{Backoff, Jitter};
 use crate::core::rng::XorShift64;
-use crate::core::{EniId, InstanceId, Prefix28, SubnetId, instance_types};
+use crate::core::{EniId, InstanceId, Prefix28, Prefix80, SubnetId, instance_types};
 use crate::ec2::limiter::Limiter;
 use crate::ec2::{
     Action, Ec2, Ec2Error, EniInfo, ErrorClass, InstanceInfo, NewEni, RetryPolicy, SubnetInfo,
@@ -46,6 +46,7 @@ fn info(e: &Eni, now_ms: u64) -> EniInfo {
         mac: e.mac.clone(),
         secondary_ips: e.secondary.clone(),
         prefixes: e.prefixes.clone(),
+        ipv6_prefixes: e.ipv6_prefixes.clone(),
         tags: e.tags.clone(),
     }
 }
@@ -156,6 +157,7 @@ impl Ec2 for DirectEc2 {
                         id: id.clone(),
                         cidr: s.space.net().to_string(),
                         available: s.space.available(),
+                        ipv6_cidrs: s.ipv6.iter().map(|(_, sp)| sp.net()).collect(),
                     })
                 })
                 .collect()
@@ -201,6 +203,20 @@ impl Ec2 for DirectEc2 {
                 })
                 .map(|e| info(e, now))
                 .collect())
+        })
+        .await
+    }
+
+    async fn assign_ipv6_prefix(&self, eni: &EniId) -> Result<Vec<Prefix80>, Ec2Error> {
+        self.call(Action::AssignIpv6Addresses, |m, _| {
+            m.assign_ipv6(
+                eni.as_str(),
+                Ipv6Request {
+                    prefix_count: 1,
+                    ..Ipv6Request::default()
+                },
+            )
+            .map(|(p, _)| p)
         })
         .await
     }

@@ -96,7 +96,31 @@ fn lookup(model: &Model, instance: &str, path: &str) -> Option<String> {
             let subnet = model.subnets.get(&e.subnet)?;
             let vpc = model.vpcs.get(&e.vpc)?;
             match key {
-                "" => "device-number\ninterface-id\nipv4-prefix\nlocal-ipv4s\nmac\nnetwork-card\nsecurity-group-ids\nsubnet-id\nsubnet-ipv4-cidr-block\nvpc-id\nvpc-ipv4-cidr-blocks".into(),
+                "" => {
+                    let mut keys = vec!["device-number", "interface-id", "ipv4-prefix"];
+                    if !e.ipv6_prefixes.is_empty() {
+                        keys.push("ipv6-prefix");
+                    }
+                    if !e.ipv6_addresses.is_empty() {
+                        keys.push("ipv6s");
+                    }
+                    keys.extend([
+                        "local-ipv4s",
+                        "mac",
+                        "network-card",
+                        "security-group-ids",
+                        "subnet-id",
+                        "subnet-ipv4-cidr-block",
+                    ]);
+                    if subnet.ipv6.is_some() {
+                        keys.push("subnet-ipv6-cidr-blocks");
+                    }
+                    keys.extend(["vpc-id", "vpc-ipv4-cidr-blocks"]);
+                    if vpc.ipv6.is_some() {
+                        keys.push("vpc-ipv6-cidr-blocks");
+                    }
+                    keys.join("\n")
+                }
                 "interface-id" => e.id.clone(),
                 "device-number" => att.device_index.to_string(),
                 "network-card" if att.card_index == 0 => return None,
@@ -118,9 +142,23 @@ fn lookup(model: &Model, instance: &str, path: &str) -> Option<String> {
                     .collect::<Vec<_>>()
                     .join("\n"),
                 "subnet-ipv4-cidr-block" => subnet.space.net().to_string(),
+                "ipv6-prefix" if e.ipv6_prefixes.is_empty() => return None,
+                "ipv6-prefix" => lines(&e.ipv6_prefixes),
+                "ipv6s" if e.ipv6_addresses.is_empty() => return None,
+                "ipv6s" => lines(&e.ipv6_addresses),
+                "subnet-ipv6-cidr-blocks" => subnet.ipv6.as_ref()?.1.net().to_string(),
+                "vpc-ipv6-cidr-blocks" => vpc.ipv6.as_ref()?.1.to_string(),
                 "vpc-ipv4-cidr-blocks" => vpc.cidr.to_string(),
                 _ => return None,
             }
         }
     })
+}
+
+fn lines<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }

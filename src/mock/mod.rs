@@ -18,6 +18,7 @@
 pub mod account;
 pub mod actions;
 pub mod addr;
+pub mod addr6;
 pub mod control;
 pub mod direct;
 pub mod imds;

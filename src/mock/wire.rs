@@ -267,6 +267,19 @@ impl Xml {
         self.close(tag)
     }
 
+    /// `<tag><item>value</item>…</tag>`: a list of plain values.
+    pub fn values<T: std::fmt::Display>(
+        &mut self,
+        tag: &str,
+        items: impl IntoIterator<Item = T>,
+    ) -> &mut Self {
+        self.open(tag);
+        for it in items {
+            self.leaf("item", it);
+        }
+        self.close(tag)
+    }
+
     /// Closes the response element.
     pub fn finish(mut self, action: &str) -> String {
         let _ = write!(self.buf, "</{action}Response>");

@@ -35,7 +35,7 @@ use crate::core::backoff::{Backoff, Jitter};
 use crate::core::planner::{self, Limits};
 use crate::core::resync::Missing;
 use crate::core::rng::XorShift64;
-use crate::core::{EniId, InstanceId, Mode, SubnetId};
+use crate::core::{Change, EniId, InstanceId, Mode, Prefix80, SubnetId};
 use crate::ec2::{Action, Ec2, Ec2Error, ErrorClass};
 use crate::metrics::Metrics;
 
@@ -162,6 +162,8 @@ struct Growth {
     /// When the current excess was first planned away (RELEASE_DELAY).
     release_since: Option<Instant>,
     next_sweep: Option<Instant>,
+    /// The node's /80, once the pool holds it (ENABLE_IPv6).
+    prefix6: Option<Prefix80>,
 }
 
 /// The loop.
@@ -259,12 +261,23 @@ impl<E: Ec2> Looper<E> {
                 self.retry.succeed();
             }
         }
+        if self.ctx.cfg.families.ipv6
+            && self.growth.prefix6.is_none()
+            && let Err(e) = self.ensure_prefix6().await
+        {
+            self.fail(&e);
+            return;
+        }
         if self.ctx.cfg.disable_provisioning {
             return;
         }
         if self.growth.next_sweep.is_none_or(|t| now >= t) {
             self.sweep_leaks().await;
             self.growth.next_sweep = Some(now + self.ctx.cfg.leak_sweep_interval);
+        }
+        if !self.ctx.cfg.families.ipv4 {
+            // IPv6 only: one /80 serves every pod; no warm targets, no extra ENIs.
+            return;
         }
         let snap = match self.ctx.pool.snapshot(self.ctx.node.limits).await {
             Ok(s) => s,
@@ -313,6 +326,56 @@ impl<E: Ec2> Looper<E> {
             self.ctx.metrics.decision("steady");
         }
         self.publish_modes(Instant::now());
+    }
+
+    /// The node's /80: the one EC2 lists on the primary ENI, else one assigned to it
+    /// (Ipv6PrefixCount=1), handed to the pool. ADDs wait for it. With DISABLE_NETWORK_
+    /// RESOURCE_PROVISIONING the agent only takes a /80 it finds.
+    async fn ensure_prefix6(&mut self) -> Result<(), Ec2Error> {
+        let primary = self.ctx.node.primary_eni.clone();
+        let enis = self
+            .ctx
+            .ec2
+            .describe_node_enis(&self.ctx.node.instance)
+            .await?;
+        let mut found = enis
+            .iter()
+            .find(|e| e.id == primary)
+            .and_then(|e| e.ipv6_prefixes.first().copied());
+        if found.is_none() && !self.ctx.cfg.disable_provisioning {
+            found = self
+                .ctx
+                .ec2
+                .assign_ipv6_prefix(&primary)
+                .await?
+                .first()
+                .copied();
+        }
+        let Some(prefix) = found else {
+            tracing::warn!(eni.id = %primary, "no IPv6 /80 on the primary ENI yet");
+            return Ok(());
+        };
+        match self
+            .ctx
+            .pool
+            .apply(vec![Change::SetPrefix6 {
+                prefix,
+                force: true,
+            }])
+            .await
+        {
+            Ok(r) if r.iter().all(Result::is_ok) => {
+                tracing::info!(prefix = %prefix, eni.id = %primary, "the node's IPv6 /80");
+                self.growth.prefix6 = Some(prefix);
+                self.ctx
+                    .status
+                    .update(|s| s.ipv6_prefix = Some(prefix.to_string()));
+                self.wake.notify_one();
+            }
+            Ok(r) => tracing::error!(results = ?r, "the pool refused the /80"),
+            Err(e) => tracing::error!(error = %e, "pool owner unavailable"),
+        }
+        Ok(())
     }
 
     fn mode(&self, now: Instant) -> Mode {

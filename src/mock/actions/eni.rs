@@ -1,11 +1,11 @@
 //! ENI actions: Describe/Create/Attach/Detach/Delete/ModifyNetworkInterface(Attribute),
 //! Assign/UnassignPrivateIpAddresses.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{FieldFn, missing, next_token, one, select, tag_field, tags_xml, time};
 use crate::mock::ApiError;
-use crate::mock::model::{Eni, IpRequest, Model};
+use crate::mock::model::{Eni, IpRequest, Ipv6Request, Model};
 use crate::mock::wire::{Params, Xml};
 
 fn eni_field<'a>(e: &'a Eni, now_ms: u64) -> Box<FieldFn<'a>> {
@@ -41,6 +41,9 @@ fn eni_field<'a>(e: &'a Eni, now_ms: u64) -> Box<FieldFn<'a>> {
                     .collect(),
             ),
             "ipv4-prefixes.ipv4-prefix" => Some(e.prefixes.iter().map(|p| p.to_string()).collect()),
+            "ipv6-addresses.ipv6-address" => {
+                Some(e.ipv6_addresses.iter().map(|a| a.to_string()).collect())
+            }
             "group-id" => Some(e.sgs.clone()),
             _ => None,
         }
@@ -91,6 +94,12 @@ pub(super) fn eni_xml(x: &mut Xml, e: &Eni, account: &str, now_ms: u64) {
     });
     x.set("ipv4PrefixSet", &e.prefixes, |x, p| {
         x.leaf("ipv4Prefix", p);
+    });
+    x.set("ipv6AddressesSet", &e.ipv6_addresses, |x, a| {
+        x.leaf("ipv6Address", a).leaf("isPrimaryIpv6", false);
+    });
+    x.set("ipv6PrefixSet", &e.ipv6_prefixes, |x, p| {
+        x.leaf("ipv6Prefix", p);
     });
     tags_xml(x, &e.tags);
 }
@@ -292,5 +301,79 @@ pub(super) fn unassign(model: &mut Model, p: &Params, x: &mut Xml) -> Result<(),
     }
     model.unassign(eni, &prefixes, &ips)?;
     x.leaf("return", true);
+    Ok(())
+}
+
+fn ipv6_param(name: &str, v: &str) -> Result<Ipv6Addr, ApiError> {
+    v.parse().map_err(|_| {
+        ApiError::client(
+            "InvalidParameterValue",
+            format!("Value ({v}) for parameter {name} is invalid. Expected an IPv6 address."),
+        )
+    })
+}
+
+pub(super) fn assign_ipv6(model: &mut Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
+    let eni = p.required("NetworkInterfaceId")?;
+    let req = Ipv6Request {
+        prefix_count: p.int("Ipv6PrefixCount")?.unwrap_or(0),
+        prefixes: p.list("Ipv6Prefix"),
+        address_count: p.int("Ipv6AddressCount")?.unwrap_or(0),
+        addresses: p
+            .list("Ipv6Addresses")
+            .iter()
+            .map(|a| ipv6_param("Ipv6Addresses", a))
+            .collect::<Result<_, _>>()?,
+    };
+    let combo = |msg: &str| {
+        Err(ApiError::client(
+            "InvalidParameterCombination",
+            msg.to_owned(),
+        ))
+    };
+    if req.prefix_count > 0 && !req.prefixes.is_empty() {
+        return combo("Ipv6PrefixCount and Ipv6Prefix cannot be specified together.");
+    }
+    if req.address_count > 0 && !req.addresses.is_empty() {
+        return combo("Ipv6AddressCount and Ipv6Addresses cannot be specified together.");
+    }
+    let wants_prefixes = req.prefix_count > 0 || !req.prefixes.is_empty();
+    let wants_addresses = req.address_count > 0 || !req.addresses.is_empty();
+    if wants_prefixes && wants_addresses {
+        return combo(
+            "IPv6 prefixes cannot be assigned together with IPv6 addresses in one request.",
+        );
+    }
+    if !wants_prefixes && !wants_addresses {
+        return Err(ApiError::client(
+            "MissingParameter",
+            "The request must contain one of Ipv6AddressCount, Ipv6Addresses, Ipv6PrefixCount or Ipv6Prefix",
+        ));
+    }
+    let (prefixes, addresses) = model.assign_ipv6(eni, req)?;
+    x.values("assignedIpv6Addresses", addresses);
+    x.values("assignedIpv6PrefixSet", prefixes);
+    x.leaf("networkInterfaceId", eni);
+    Ok(())
+}
+
+pub(super) fn unassign_ipv6(model: &mut Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
+    let eni = p.required("NetworkInterfaceId")?;
+    let prefixes = p.list("Ipv6Prefix");
+    let addresses = p
+        .list("Ipv6Addresses")
+        .iter()
+        .map(|a| ipv6_param("Ipv6Addresses", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if prefixes.is_empty() && addresses.is_empty() {
+        return Err(ApiError::client(
+            "MissingParameter",
+            "The request must contain the parameter Ipv6Addresses or Ipv6Prefix",
+        ));
+    }
+    let (ps, addrs) = model.unassign_ipv6(eni, &prefixes, &addresses)?;
+    x.leaf("networkInterfaceId", eni);
+    x.values("unassignedIpv6Addresses", addrs);
+    x.values("unassignedIpv6PrefixSet", ps);
     Ok(())
 }

@@ -31,6 +31,10 @@ pub const ACTIONS: &[Action] = &[
     Action::ModifyNetworkInterfaceAttribute,
     Action::AssignPrivateIpAddresses,
     Action::UnassignPrivateIpAddresses,
+    Action::AssignIpv6Addresses,
+    Action::UnassignIpv6Addresses,
+    Action::AssociateVpcCidrBlock,
+    Action::AssociateSubnetCidrBlock,
     Action::CreateTags,
     Action::CreateSubnetCidrReservation,
     Action::GetSubnetCidrReservations,
@@ -64,6 +68,10 @@ pub fn handle(
         Action::ModifyNetworkInterfaceAttribute => eni::modify(model, p, &mut x)?,
         Action::AssignPrivateIpAddresses => eni::assign(model, p, &mut x)?,
         Action::UnassignPrivateIpAddresses => eni::unassign(model, p, &mut x)?,
+        Action::AssignIpv6Addresses => eni::assign_ipv6(model, p, &mut x)?,
+        Action::UnassignIpv6Addresses => eni::unassign_ipv6(model, p, &mut x)?,
+        Action::AssociateVpcCidrBlock => network::associate_vpc_cidr(model, p, &mut x)?,
+        Action::AssociateSubnetCidrBlock => network::associate_subnet_cidr(model, p, &mut x)?,
         Action::CreateTags => {
             let resources = p.list("ResourceId");
             if resources.is_empty() {

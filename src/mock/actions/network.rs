@@ -4,6 +4,8 @@
 use super::{
     FieldFn, check_known, cidr_param, matches_all, next_token, one, select, tag_field, tags_xml,
 };
+use ipnet::Ipv6Net;
+
 use crate::mock::ApiError;
 use crate::mock::addr::ReservationKind;
 use crate::mock::model::{CidrReservation, Model, Subnet, Vpc};
@@ -22,7 +24,15 @@ fn subnet_xml(x: &mut Xml, s: &Subnet, account: &str, region: &str) {
         .leaf("availableIpAddressCount", s.space.available())
         .leaf("availabilityZone", &s.az)
         .leaf("defaultForAz", false)
-        .leaf("mapPublicIpOnLaunch", false);
+        .leaf("mapPublicIpOnLaunch", false)
+        .leaf("assignIpv6AddressOnCreation", false);
+    x.set(
+        "ipv6CidrBlockAssociationSet",
+        s.ipv6.iter(),
+        |x, (id, space)| {
+            subnet_ipv6_xml(x, id, space.net(), "associated");
+        },
+    );
     tags_xml(x, &s.tags);
 }
 
@@ -38,6 +48,22 @@ pub(super) fn describe_subnets(model: &Model, p: &Params, x: &mut Xml) -> Result
     Ok(())
 }
 
+fn subnet_ipv6_xml(x: &mut Xml, id: &str, net: Ipv6Net, state: &str) {
+    x.leaf("associationId", id).leaf("ipv6CidrBlock", net);
+    x.node("ipv6CidrBlockState", |x| {
+        x.leaf("state", state);
+    });
+}
+
+fn vpc_ipv6_xml(x: &mut Xml, id: &str, net: Ipv6Net, state: &str, region: &str) {
+    x.leaf("associationId", id).leaf("ipv6CidrBlock", net);
+    x.node("ipv6CidrBlockState", |x| {
+        x.leaf("state", state);
+    });
+    x.leaf("networkBorderGroup", region)
+        .leaf("ipv6Pool", "Amazon");
+}
+
 fn subnet_field(s: &Subnet) -> Box<FieldFn<'_>> {
     Box::new(move |name: &str| {
         if let Some(t) = tag_field(&s.tags, name) {
@@ -48,6 +74,9 @@ fn subnet_field(s: &Subnet) -> Box<FieldFn<'_>> {
             "vpc-id" => one(&s.vpc),
             "availability-zone" => one(&s.az),
             "cidr-block" => one(s.space.net()),
+            "ipv6-cidr-block-association.ipv6-cidr-block" => {
+                Some(s.ipv6.iter().map(|(_, sp)| sp.net().to_string()).collect())
+            }
             _ => None,
         }
     })
@@ -71,7 +100,7 @@ fn reservation_xml(x: &mut Xml, r: &CidrReservation, account: &str) {
         .leaf("description", &r.description);
 }
 
-fn vpc_xml(x: &mut Xml, v: &Vpc, account: &str) {
+fn vpc_xml(x: &mut Xml, v: &Vpc, account: &str, region: &str) {
     x.leaf("vpcId", &v.id)
         .leaf("ownerId", account)
         .leaf("state", "available")
@@ -86,6 +115,13 @@ fn vpc_xml(x: &mut Xml, v: &Vpc, account: &str) {
             x.leaf("state", "associated");
         });
     });
+    x.set(
+        "ipv6CidrBlockAssociationSet",
+        v.ipv6.iter(),
+        |x, (id, net)| {
+            vpc_ipv6_xml(x, id, *net, "associated", region);
+        },
+    );
     tags_xml(x, &v.tags);
 }
 
@@ -109,30 +145,95 @@ pub(super) fn describe_vpcs(model: &Model, p: &Params, x: &mut Xml) -> Result<()
         model.vpcs.contains_key(id)
     })?;
     let (page, next) = select(p, model.vpcs.values(), &ids, |v| &v.id, vpc_field)?;
-    let account = &model.account;
-    x.set("vpcSet", page, |x, v| vpc_xml(x, v, account));
+    let (account, region) = (&model.account, &model.region);
+    x.set("vpcSet", page, |x, v| vpc_xml(x, v, account, region));
     next_token(x, next);
     Ok(())
 }
 
 pub(super) fn create_vpc(model: &mut Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
     let cidr = cidr_param(p, "CidrBlock")?;
-    let id = model.create_vpc(cidr, p.tag_specs("vpc")?)?;
+    let tags = p.tag_specs("vpc")?;
+    let ipv6 = p.bool("AmazonProvidedIpv6CidrBlock")?.unwrap_or(false);
+    let id = model.create_vpc(cidr, tags)?;
+    if ipv6 {
+        model.associate_vpc_ipv6(&id)?;
+    }
     let v = &model.vpcs[&id];
-    let account = &model.account;
-    x.node("vpc", |x| vpc_xml(x, v, account));
+    let (account, region) = (&model.account, &model.region);
+    x.node("vpc", |x| vpc_xml(x, v, account, region));
+    Ok(())
+}
+
+fn ipv6_cidr_param(p: &Params, name: &str) -> Result<Option<Ipv6Net>, ApiError> {
+    p.get(name)
+        .map(|v| {
+            v.parse().map_err(|_| {
+                ApiError::client(
+                    "InvalidParameterValue",
+                    format!(
+                        "Value ({v}) for parameter {name} is invalid. Expected an IPv6 CIDR block."
+                    ),
+                )
+            })
+        })
+        .transpose()
+}
+
+pub(super) fn associate_vpc_cidr(
+    model: &mut Model,
+    p: &Params,
+    x: &mut Xml,
+) -> Result<(), ApiError> {
+    let vpc = p.required("VpcId")?;
+    if p.bool("AmazonProvidedIpv6CidrBlock")? != Some(true) {
+        return Err(ApiError::client(
+            "InvalidParameterCombination",
+            "The mock associates Amazon-provided IPv6 blocks only: set AmazonProvidedIpv6CidrBlock=true.",
+        ));
+    }
+    let (assoc, net) = model.associate_vpc_ipv6(vpc)?;
+    let region = model.region.clone();
+    x.node("ipv6CidrBlockAssociation", |x| {
+        vpc_ipv6_xml(x, &assoc, net, "associating", &region);
+    });
+    x.leaf("vpcId", vpc);
+    Ok(())
+}
+
+pub(super) fn associate_subnet_cidr(
+    model: &mut Model,
+    p: &Params,
+    x: &mut Xml,
+) -> Result<(), ApiError> {
+    let subnet = p.required("SubnetId")?;
+    let cidr =
+        ipv6_cidr_param(p, "Ipv6CidrBlock")?.ok_or_else(|| super::missing("Ipv6CidrBlock"))?;
+    let assoc = model.associate_subnet_ipv6(subnet, cidr)?;
+    x.node("ipv6CidrBlockAssociation", |x| {
+        subnet_ipv6_xml(x, &assoc, cidr.trunc(), "associating");
+    });
+    x.leaf("subnetId", subnet);
     Ok(())
 }
 
 pub(super) fn create_subnet(model: &mut Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
     let vpc = p.required("VpcId")?;
     let cidr = cidr_param(p, "CidrBlock")?;
+    let ipv6 = ipv6_cidr_param(p, "Ipv6CidrBlock")?;
     let id = model.create_subnet(
         vpc,
         cidr,
         p.get("AvailabilityZone").map(str::to_owned),
         p.tag_specs("subnet")?,
     )?;
+    if let Some(net) = ipv6
+        && let Err(e) = model.associate_subnet_ipv6(&id, net)
+    {
+        // CreateSubnet is one call: a bad IPv6 block makes no subnet.
+        model.subnets.remove(&id);
+        return Err(e);
+    }
     let s = model.subnets[&id].clone();
     let (account, region) = (model.account.clone(), model.region.clone());
     x.node("subnet", |x| subnet_xml(x, &s, &account, &region));

@@ -1,12 +1,12 @@
 //! ENIs: creation with addresses, attachment (limits, device indexes, cards), detach, delete,
 //! attributes, and the assignment of prefixes and secondary addresses.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
 use super::{IpRequest, Model, Tags, check_id, not_found, take};
-use crate::core::Prefix28;
 use crate::core::instance_types::InstanceTypeInfo;
+use crate::core::{Prefix28, Prefix80};
 use crate::mock::ApiError;
 
 /// Largest Ipv4AddressesPerInterface of any type: the cap for an ENI not attached to anything.
@@ -56,6 +56,10 @@ pub struct Eni {
     pub secondary: Vec<Ipv4Addr>,
     /// Delegated prefixes.
     pub prefixes: Vec<Prefix28>,
+    /// Delegated IPv6 /80 prefixes.
+    pub ipv6_prefixes: Vec<Prefix80>,
+    /// IPv6 addresses.
+    pub ipv6_addresses: Vec<Ipv6Addr>,
     /// Tags.
     pub tags: Tags,
     /// The attachment, when attached.
@@ -149,6 +153,8 @@ impl Model {
                 primary_ip: primary,
                 secondary,
                 prefixes,
+                ipv6_prefixes: Vec::new(),
+                ipv6_addresses: Vec::new(),
                 tags,
                 attachment: None,
                 source_dest_check: true,
@@ -310,6 +316,14 @@ impl Model {
         for p in e.prefixes {
             s.space.put_prefix(p);
         }
+        if let Some((_, six)) = &mut s.ipv6 {
+            for p in e.ipv6_prefixes {
+                six.put_prefix(p);
+            }
+            for a in e.ipv6_addresses {
+                six.put_address(a);
+            }
+        }
         Ok(())
     }
 
@@ -439,6 +453,141 @@ impl Model {
             s.space.put_ip(*a);
         }
         Ok(())
+    }
+}
+
+/// IPv6 addresses asked for in AssignIpv6Addresses; the action layer has checked that a count
+/// and a list of the same kind are not both given.
+#[derive(Debug, Clone, Default)]
+pub struct Ipv6Request {
+    /// Ipv6PrefixCount.
+    pub prefix_count: u32,
+    /// Ipv6Prefix.N.
+    pub prefixes: Vec<String>,
+    /// Ipv6AddressCount.
+    pub address_count: u32,
+    /// Ipv6Addresses.N.
+    pub addresses: Vec<Ipv6Addr>,
+}
+
+impl Ipv6Request {
+    fn slots(&self) -> u64 {
+        u64::from(self.prefix_count)
+            + self.prefixes.len() as u64
+            + u64::from(self.address_count)
+            + self.addresses.len() as u64
+    }
+}
+
+impl Model {
+    /// AssignIpv6Addresses: returns what was assigned. A /80 counts as one address against the
+    /// instance type's IPv6 addresses per interface, as an IPv4 /28 does.
+    pub fn assign_ipv6(
+        &mut self,
+        eni: &str,
+        req: Ipv6Request,
+    ) -> Result<(Vec<Prefix80>, Vec<Ipv6Addr>), ApiError> {
+        let e = self.eni(eni)?;
+        let itype = e
+            .attachment
+            .as_ref()
+            .map(|a| self.instances[&a.instance].itype);
+        let wants_prefixes = req.prefix_count > 0 || !req.prefixes.is_empty();
+        if wants_prefixes
+            && let Some(t) = itype
+            && !t.supports_prefixes()
+        {
+            return Err(xen_refusal(t));
+        }
+        let limit = itype.map_or(MAX_ADDRESSES_UNATTACHED, |t| t.ipv6_per_eni);
+        let used = (e.ipv6_prefixes.len() + e.ipv6_addresses.len()) as u64;
+        if used + req.slots() > u64::from(limit) {
+            return Err(ApiError::client(
+                "InvalidParameterValue",
+                format!(
+                    "Number of IPv6 addresses on {eni} would exceed the limit: {used} of {limit}, {} asked.",
+                    req.slots()
+                ),
+            ));
+        }
+        let subnet = e.subnet.clone();
+        let Some((_, space)) = &self.subnets[&subnet].ipv6 else {
+            return Err(ApiError::client(
+                "InvalidParameterValue",
+                format!("Subnet {subnet} of {eni} has no IPv6 CIDR block: associate one first."),
+            ));
+        };
+        let mut space = space.clone();
+        let mut prefixes = Vec::new();
+        for p in &req.prefixes {
+            prefixes.push(space.take_prefix(p)?);
+        }
+        if req.prefix_count > 0 {
+            prefixes.extend(space.take_prefixes(req.prefix_count)?);
+        }
+        let mut addresses = Vec::new();
+        for a in &req.addresses {
+            addresses.push(space.take_address(*a)?);
+        }
+        if req.address_count > 0 {
+            addresses.extend(space.take_addresses(req.address_count)?);
+        }
+        self.subnets
+            .get_mut(&subnet)
+            .expect("exists")
+            .ipv6
+            .as_mut()
+            .expect("checked")
+            .1 = space;
+        let e = self.enis.get_mut(eni).expect("checked");
+        e.ipv6_prefixes.extend(prefixes.iter().copied());
+        e.ipv6_addresses.extend(addresses.iter().copied());
+        Ok((prefixes, addresses))
+    }
+
+    /// UnassignIpv6Addresses: returns what was unassigned.
+    pub fn unassign_ipv6(
+        &mut self,
+        eni: &str,
+        prefixes: &[String],
+        addresses: &[Ipv6Addr],
+    ) -> Result<(Vec<Prefix80>, Vec<Ipv6Addr>), ApiError> {
+        let e = self.eni(eni)?;
+        let mut ps = Vec::new();
+        for p in prefixes {
+            match p
+                .parse::<Prefix80>()
+                .ok()
+                .filter(|q| e.ipv6_prefixes.contains(q))
+            {
+                Some(q) => ps.push(q),
+                None => {
+                    return Err(ApiError::client(
+                        "InvalidParameterValue",
+                        format!("The IPv6 prefix {p} is not assigned to interface {eni}."),
+                    ));
+                }
+            }
+        }
+        if let Some(a) = addresses.iter().find(|a| !e.ipv6_addresses.contains(a)) {
+            return Err(ApiError::client(
+                "InvalidParameterValue",
+                format!("The IPv6 address {a} is not assigned to interface {eni}."),
+            ));
+        }
+        let subnet = e.subnet.clone();
+        let e = self.enis.get_mut(eni).expect("checked");
+        e.ipv6_prefixes.retain(|p| !ps.contains(p));
+        e.ipv6_addresses.retain(|a| !addresses.contains(a));
+        if let Some((_, space)) = &mut self.subnets.get_mut(&subnet).expect("exists").ipv6 {
+            for p in &ps {
+                space.put_prefix(*p);
+            }
+            for a in addresses {
+                space.put_address(*a);
+            }
+        }
+        Ok((ps, addresses.to_vec()))
     }
 }
 

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
 
-pub use eni::{Attachment, Eni};
+pub use eni::{Attachment, Eni, Ipv6Request};
 pub use instance::Instance;
 pub use network::{CidrReservation, Subnet, Vpc};
 

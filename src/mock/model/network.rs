@@ -1,10 +1,11 @@
 //! VPCs, subnets (with every address tracked) and subnet CIDR reservations.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Model, Tags, check_id, not_found};
 use crate::mock::ApiError;
 use crate::mock::addr::{AddressSpace, ReservationKind};
+use crate::mock::addr6::Ipv6Space;
 
 /// A VPC.
 #[derive(Debug, Clone)]
@@ -15,6 +16,8 @@ pub struct Vpc {
     pub cidr: Ipv4Net,
     /// Its default security group.
     pub default_sg: String,
+    /// Its Amazon-provided IPv6 /56, with the association id.
+    pub ipv6: Option<(String, Ipv6Net)>,
     /// Tags.
     pub tags: Tags,
 }
@@ -30,6 +33,8 @@ pub struct Subnet {
     pub az: String,
     /// Every address.
     pub space: AddressSpace,
+    /// Its IPv6 /64 and what is assigned from it, with the association id.
+    pub ipv6: Option<(String, Ipv6Space)>,
     /// Tags.
     pub tags: Tags,
 }
@@ -68,6 +73,7 @@ impl Model {
                 id: id.clone(),
                 cidr: cidr.trunc(),
                 default_sg,
+                ipv6: None,
                 tags,
             },
         );
@@ -114,10 +120,80 @@ impl Model {
                 vpc: vpc.to_owned(),
                 az,
                 space: AddressSpace::new(cidr.trunc()),
+                ipv6: None,
                 tags,
             },
         );
         Ok(id)
+    }
+
+    /// AssociateVpcCidrBlock with AmazonProvidedIpv6CidrBlock (or CreateVpc with it): a /56
+    /// from Amazon's pool. Returns the association id and the block.
+    pub fn associate_vpc_ipv6(&mut self, vpc: &str) -> Result<(String, Ipv6Net), ApiError> {
+        check_id(vpc, "vpc-", "InvalidVpcID.Malformed")?;
+        let v = self
+            .vpcs
+            .get(vpc)
+            .ok_or_else(|| not_found("InvalidVpcID.NotFound", "vpc", vpc))?;
+        if v.ipv6.is_some() {
+            return Err(ApiError::client(
+                "CidrLimitExceeded",
+                format!("VPC {vpc} already has an Amazon-provided IPv6 CIDR block."),
+            ));
+        }
+        // 2600:1f14::/32 is one of Amazon's pools; each VPC its own /56 in it.
+        let n = self.vpcs.values().filter(|v| v.ipv6.is_some()).count() as u128 + 1;
+        let base: u128 = 0x2600_1f14u128 << 96 | n << 72;
+        let net = Ipv6Net::new(std::net::Ipv6Addr::from(base), 56).expect("56 is valid");
+        let assoc = self.next_id("vpc-cidr-assoc-");
+        self.vpcs.get_mut(vpc).expect("checked").ipv6 = Some((assoc.clone(), net));
+        Ok((assoc, net))
+    }
+
+    /// AssociateSubnetCidrBlock (or CreateSubnet with Ipv6CidrBlock): a /64 of the VPC's /56.
+    pub fn associate_subnet_ipv6(
+        &mut self,
+        subnet: &str,
+        cidr: Ipv6Net,
+    ) -> Result<String, ApiError> {
+        let s = self.subnet(subnet)?;
+        let vpc = &self.vpcs[&s.vpc];
+        let Some((_, vnet)) = vpc.ipv6 else {
+            return Err(ApiError::client(
+                "InvalidSubnet.Range",
+                format!(
+                    "The IPv6 CIDR '{cidr}' is invalid: VPC {} has no IPv6 CIDR block.",
+                    vpc.id
+                ),
+            ));
+        };
+        if cidr.prefix_len() != 64 || !vnet.contains(&cidr) {
+            return Err(ApiError::client(
+                "InvalidSubnet.Range",
+                format!("The IPv6 CIDR '{cidr}' is invalid: a subnet takes a /64 of {vnet}."),
+            ));
+        }
+        if s.ipv6.is_some() {
+            return Err(ApiError::client(
+                "InvalidParameterValue",
+                format!("Subnet {subnet} already has an IPv6 CIDR block."),
+            ));
+        }
+        if let Some(other) = self.subnets.values().find(|o| {
+            o.vpc == s.vpc
+                && o.ipv6
+                    .as_ref()
+                    .is_some_and(|(_, sp)| sp.net() == cidr.trunc())
+        }) {
+            return Err(ApiError::client(
+                "InvalidSubnet.Conflict",
+                format!("The IPv6 CIDR '{cidr}' conflicts with subnet {}.", other.id),
+            ));
+        }
+        let assoc = self.next_id("subnet-cidr-assoc-");
+        self.subnets.get_mut(subnet).expect("checked").ipv6 =
+            Some((assoc.clone(), Ipv6Space::new(cidr)));
+        Ok(assoc)
     }
 
     pub(super) fn subnet(&self, id: &str) -> Result<&Subnet, ApiError> {
