@@ -390,13 +390,19 @@ impl<J: Journal> Store<J> {
         let ds = &mut self.ds;
         let until = now.plus(ds.cooldown());
         Ok(match change {
-            Change::Allocate { key, pod } => {
+            Change::Allocate { key, mut pod } => {
                 let mut done = Vec::new();
                 let mut v4 = None;
                 if families.ipv4 {
                     // A stranded key's change touches the stranded set, which only a copy undoes.
                     let restore = ds.is_stranded(&key).then(|| Box::new(ds.clone()));
-                    let a = ds.allocate(key.clone(), pod.clone(), now)?;
+                    // The pod's names are copied only when the IPv6 half needs them too.
+                    let pod4 = if families.ipv6 {
+                        pod.clone()
+                    } else {
+                        std::mem::take(&mut pod)
+                    };
+                    let a = ds.allocate(key.clone(), pod4, now)?;
                     v4 = Some(a.address);
                     if a.new {
                         let record = Record::assign(&key, ds.get(&key).expect("just allocated"));
