@@ -35,7 +35,13 @@ async fn give_prefix(a: &prefixd::agent::Agent, cidr: &str) {
 
 async fn held(a: &prefixd::agent::Agent) -> Vec<Ipv4Addr> {
     let inv = a.pool.inventory().await.unwrap();
-    inv.allocations.iter().map(|h| h.address).collect()
+    inv.allocations
+        .iter()
+        .filter_map(|h| match h.address {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -74,7 +74,19 @@ impl Node {
         ];
         all.extend_from_slice(settings);
         let mut agent = NodeAgent::start(&netns, &endpoint, &dir.path().join("agent"), &all);
-        let (conf, bin) = cni_dirs(&dir.path().join("cni"), &agent.socket(), &netns, init);
+        // The init step reads the address families as the DaemonSet's init container does.
+        let families: Vec<(&str, &str)> = settings
+            .iter()
+            .copied()
+            .filter(|(k, _)| k.starts_with("ENABLE_IPv"))
+            .collect();
+        let (conf, bin) = cni_dirs(
+            &dir.path().join("cni"),
+            &agent.socket(),
+            &netns,
+            init,
+            &families,
+        );
         agent.wait_ready(Duration::from_secs(60));
         let node = Self {
             name: name.to_owned(),
@@ -84,7 +96,13 @@ impl Node {
             agent,
             _dir: dir,
         };
-        node.wait_enis(2);
+        // t3.nano's ENIs hold one /28 each: WARM_PREFIX_TARGET=2 takes a second ENI. An
+        // IPv6-only node keeps no warm pool, and larger types fit both /28s on the primary.
+        let v6_only = settings.contains(&("ENABLE_IPv4", "false"));
+        let nano = vpc
+            .account
+            .read(|m| m.instances[&vpc.id(name)].itype.name == "t3.nano");
+        node.wait_enis(if nano && !v6_only { 2 } else { 1 });
         node
     }
 
@@ -109,6 +127,11 @@ impl Node {
 
     /// A container running a TCP echo on port 7; returns its address (read inside it).
     fn pod(&self, id: &str) -> Ipv4Addr {
+        self.run_pod(id);
+        self.addr4(id)
+    }
+
+    fn run_pod(&self, id: &str) {
         if let Err(out) = self.ctr.run_detached(
             &self.rootfs,
             id,
@@ -120,6 +143,10 @@ impl Node {
             );
             panic!("ctr run {id} ended");
         }
+    }
+
+    /// The container's IPv4 address on eth0 (a /32).
+    fn addr4(&self, id: &str) -> Ipv4Addr {
         let out = ok(
             &self.exec(id, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]),
             "ip addr in the container",
@@ -131,6 +158,32 @@ impl Node {
             .unwrap_or_else(|| panic!("no address in {out}"));
         assert!(cidr.ends_with("/32"), "the pod's address is a /32: {out}");
         cidr.trim_end_matches("/32").parse().unwrap()
+    }
+
+    /// The container's global IPv6 address on eth0 (a /128).
+    fn addr6(&self, id: &str) -> Ipv6Addr {
+        let out = ok(
+            &self.exec(
+                id,
+                &[
+                    "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global",
+                ],
+            ),
+            "ip -6 addr in the container",
+        );
+        let cidr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no IPv6 address in {out}"));
+        assert!(cidr.ends_with("/128"), "the pod's address is a /128: {out}");
+        cidr.trim_end_matches("/128").parse().unwrap()
+    }
+
+    fn ping6(&self, id: &str, dst: Ipv6Addr) -> bool {
+        self.exec(id, &["ping6", "-c1", "-W2", &dst.to_string()])
+            .status
+            .success()
     }
 
     fn exec(&self, id: &str, cmd: &[&str]) -> Output {
@@ -574,6 +627,235 @@ async fn a_deleted_rule_comes_back_restarts_restore_and_nothing_is_left_behind()
     vpc.stop().await;
 }
 
+/// Two nodes on a subnet with IPv6: one IPv6-only (as EKS runs IPv6 clusters), one dual-stack.
+const SCENARIO6: &str = r#"{
+  "vpcs": [{ "cidr": "10.0.0.0/16", "ipv6": true,
+             "subnets": [{ "name": "nodes", "cidr": "10.0.0.0/20", "ipv6": true }] }],
+  "instances": [
+    { "name": "node-6", "type": "t3.small", "subnet": "nodes" },
+    { "name": "node-dual", "type": "t3.small", "subnet": "nodes" }
+  ],
+  "dataplane": { "hotplug_delay": "300ms" }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_only_and_dual_stack_pods_reach_the_peer_and_ipv4_through_the_egress_interface() {
+    use prefixd::hostnet::egress;
+    let vpc = Vpc::start(SCENARIO6).await;
+    let peer4: Ipv4Addr = vpc.topology.peer.address.parse().unwrap();
+    let peer6: Ipv6Addr = vpc
+        .topology
+        .peer
+        .address6
+        .parse()
+        .unwrap_or_else(|_| panic!("the peer has an IPv6 address: {:?}", vpc.topology.peer));
+    let internet: Ipv4Addr = vpc.topology.internet.address.parse().unwrap();
+    let internet6: Ipv6Addr = vpc.topology.internet.address6.parse().unwrap();
+    let inet_echo = SocketAddr::from((internet, vpc.topology.internet.tcp_echo_port));
+    let (eni6, node6_ip) = primary_of(&vpc, "node-6");
+    let (eni_dual, _) = primary_of(&vpc, "node-dual");
+    let six = blocking(|| {
+        Node::start(
+            &vpc,
+            "node-6",
+            &[("ENABLE_IPv4", "false"), ("ENABLE_IPv6", "true")],
+            true,
+        )
+    });
+    let dual = blocking(|| Node::start(&vpc, "node-dual", &[("ENABLE_IPv6", "true")], false));
+
+    // The nodes forward IPv6 and keep the router's advertisements (set by the init step on
+    // node-6, by the agent on node-dual); each has one /80 on its primary ENI.
+    for n in [&six, &dual] {
+        assert_eq!(
+            sh_ok(&n.netns, "cat /proc/sys/net/ipv6/conf/all/forwarding").trim(),
+            "1",
+            "{}",
+            n.name
+        );
+        assert_eq!(
+            sh_ok(&n.netns, "cat /proc/sys/net/ipv6/conf/eth0/accept_ra").trim(),
+            "2",
+            "{}",
+            n.name
+        );
+    }
+    let slash80 = |eni: &str| {
+        vpc.account.read(|m| {
+            let p = &m.enis[eni].ipv6_prefixes;
+            assert_eq!(p.len(), 1, "one /80 on {eni}: {p:?}");
+            p[0].to_ipnet()
+        })
+    };
+    let p6 = slash80(&eni6);
+    let p_dual = slash80(&eni_dual);
+
+    // An IPv6-only container: a /128 of the /80, rule 512, an IPv4 egress interface.
+    blocking(|| six.run_pod("s1"));
+    let s1 = blocking(|| six.addr6("s1"));
+    assert!(p6.contains(&s1), "{s1} in {p6}");
+    let e1 = egress::egress_address(s1).unwrap();
+    let v4if = ok(
+        &blocking(|| six.exec("s1", &["ip", "-o", "-4", "addr", "show"])),
+        "ip -4 addr in s1",
+    );
+    assert!(
+        v4if.contains(&format!("v4if0    inet {e1}/32"))
+            || v4if.contains(&format!("v4if0 inet {e1}/32")),
+        "s1's only IPv4 address is {e1} on v4if0: {v4if}"
+    );
+    assert!(!v4if.contains("eth0"), "no IPv4 on s1's eth0: {v4if}");
+    let rules6 = sh_ok(&six.netns, "ip -6 rule");
+    assert!(
+        rules6.contains(&format!("512:\tfrom all to {s1} lookup main")),
+        "{rules6}"
+    );
+    let snat = sh_ok(&six.netns, "nft list table ip prefixd");
+    assert!(
+        snat.contains("chain egress_v4") && snat.contains(&format!("snat to {node6_ip}")),
+        "{snat}"
+    );
+
+    // 1. IPv6 to the peer (ping, TCP) and to the internet, with nothing dropped.
+    blocking(|| {
+        assert!(six.ping6("s1", peer6), "s1 ({s1}) pings the peer's {peer6}");
+        assert!(
+            six.echo("s1", SocketAddr::from((peer6, 7))),
+            "s1 TCP echo with the peer over IPv6"
+        );
+        assert!(six.ping6("s1", internet6), "s1 pings {internet6}");
+    });
+    assert_eq!(vpc.drops(Some(&eni6)).await, 0, "drops on {eni6}");
+
+    // 2. IPv4 through the egress interface, SNATed to node-6's address: to the internet (through
+    // a gateway that drops every source but a primary address) and to the peer in the VPC.
+    blocking(|| {
+        assert!(six.ping("s1", internet), "s1 pings {internet} over IPv4");
+        assert!(six.echo("s1", inet_echo), "s1 TCP echo with the internet");
+        assert!(six.ping("s1", peer4), "s1 pings the peer's {peer4}");
+        let ct = sh_ok(
+            &six.netns,
+            &format!("conntrack -L -s {e1} -d {internet} 2>/dev/null"),
+        );
+        assert!(
+            ct.contains(&format!("dst={node6_ip}")),
+            "s1's IPv4 flows are SNATed to {node6_ip}: {ct}"
+        );
+    });
+    // The control: the same packets untracked, so never SNATed, leave with their 169.254.172.x
+    // source, and EC2's source check drops them at the ENI.
+    let before = vpc.drops(Some(&eni6)).await;
+    sh_ok(
+        &six.netns,
+        "nft add table ip pxctl && \
+         nft 'add chain ip pxctl raw { type filter hook prerouting priority raw; }' && \
+         nft add rule ip pxctl raw ip saddr 169.254.172.0/22 notrack",
+    );
+    assert!(
+        !blocking(|| six.ping("s1", internet)),
+        "an unSNATed egress packet reached the internet"
+    );
+    assert!(
+        vpc.drops(Some(&eni6)).await > before,
+        "the source check counted it on {eni6}"
+    );
+    sh_ok(&six.netns, "nft delete table ip pxctl");
+    assert!(blocking(|| six.ping("s1", internet)));
+
+    // The control of the IPv6 source check: a source outside the ENI's /80 (the next /80 of
+    // the subnet) is dropped and counted on the ENI.
+    let outside = Ipv6Addr::from(u128::from(p6.network()) + (1u128 << 48));
+    let mid = vpc.drops(Some(&eni6)).await;
+    sh_ok(
+        &six.netns,
+        &format!("ip -6 addr add {outside}/128 dev eth0 nodad"),
+    );
+    assert!(
+        !sh(
+            &six.netns,
+            &format!("busybox ping6 -c1 -W2 -I {outside} {peer6}")
+        )
+        .status
+        .success(),
+        "a source outside the /80 got through"
+    );
+    let wrong = vpc.drops(Some(&eni6)).await;
+    assert!(wrong > mid, "the IPv6 source check counted it on {eni6}");
+    sh_ok(
+        &six.netns,
+        &format!("ip -6 addr del {outside}/128 dev eth0"),
+    );
+
+    // 3. A dual-stack container: one address of each family in one result, both reach the peer,
+    // no egress interface; IPv6 between the two nodes' pods.
+    let d4 = blocking(|| dual.pod("d1"));
+    let d6 = blocking(|| dual.addr6("d1"));
+    assert!(p_dual.contains(&d6), "{d6} in {p_dual}");
+    assert!(
+        !blocking(|| dual.exec("d1", &["ip", "link", "show", "v4if0"]))
+            .status
+            .success(),
+        "a dual-stack pod has no egress interface"
+    );
+    blocking(|| {
+        assert!(dual.ping("d1", peer4), "d1 ({d4}) pings {peer4}");
+        assert!(dual.ping6("d1", peer6), "d1 ({d6}) pings {peer6}");
+        assert!(dual.echo("d1", SocketAddr::from((peer4, 7))));
+        assert!(dual.echo("d1", SocketAddr::from((peer6, 7))));
+        assert!(dual.ping6("d1", s1) && six.ping6("s1", d6), "d1 <-> s1");
+    });
+    assert_eq!(vpc.drops(Some(&eni_dual)).await, 0, "drops on {eni_dual}");
+    assert_eq!(
+        vpc.drops(Some(&eni6)).await,
+        wrong,
+        "no new drops on {eni6}"
+    );
+    let dual_rules = sh_ok(&dual.netns, "ip rule; ip -6 rule");
+    for a in [d4.to_string(), d6.to_string()] {
+        assert!(
+            dual_rules.contains(&format!("512:\tfrom all to {a} lookup main")),
+            "{dual_rules}"
+        );
+    }
+
+    // 4. The IPv6 rule deleted by hand comes back within an interval.
+    let rule = format!("512:\tfrom all to {s1} lookup main");
+    sh_ok(&six.netns, &format!("ip -6 rule del to {s1} pref 512"));
+    let deleted = Instant::now();
+    blocking(|| {
+        while !sh_ok(&six.netns, "ip -6 rule").contains(&rule) {
+            assert!(
+                deleted.elapsed() < INTERVAL + Duration::from_secs(2),
+                "the IPv6 rule was not restored\n{}",
+                six.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    blocking(|| six.wait_metric("prefixd_host_repairs_total{object=\"rule\",action=\"restored\"}"));
+
+    // 5. DEL takes both families' rules and the egress interface.
+    let end = egress::host_end_name(&host_veth_name("eni", "", "", "default-s1"));
+    assert!(sh_ok(&six.netns, "ip -o link show").contains(&end), "{end}");
+    blocking(|| {
+        six.remove("s1");
+        dual.remove("d1");
+    });
+    let links = sh_ok(&six.netns, "ip -o link show");
+    assert!(
+        !links.contains(&end),
+        "the egress host end is gone: {links}"
+    );
+    assert!(!sh_ok(&six.netns, "ip -6 rule").contains(&s1.to_string()));
+    let dual_rules = sh_ok(&dual.netns, "ip rule; ip -6 rule");
+    assert!(
+        !dual_rules.contains(&format!("{d4} ")) && !dual_rules.contains(&d6.to_string()),
+        "{dual_rules}"
+    );
+    drop((six, dual));
+    vpc.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_external_snat_the_nat_gateway_serves_the_pods() {
     let vpc = Vpc::start(&SCENARIO.replace(
@@ -638,9 +920,20 @@ fn every_snat_table_loads_into_the_kernel() {
             ("AWS_VPC_K8S_CNI_CONNMARK", "0x4000"),
             ("AWS_VPC_K8S_CNI_VETHPREFIX", "cali"),
         ][..],
+        // IPv6-only: the egress chain too, with and without the node's own SNAT.
+        &[("ENABLE_IPv4", "false"), ("ENABLE_IPv6", "true")][..],
+        &[
+            ("ENABLE_IPv4", "false"),
+            ("ENABLE_IPv6", "true"),
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"),
+        ][..],
     ] {
+        let families = [
+            prefixd::core::config::ENABLE_IPV4,
+            prefixd::core::config::ENABLE_IPV6,
+        ];
         let cfg = HostConfig::from_lookup(
-            &Values::from_pairs(settings.iter().copied(), &[SETTINGS], "agent").unwrap(),
+            &Values::from_pairs(settings.iter().copied(), &[SETTINGS, &families], "agent").unwrap(),
         )
         .unwrap();
         let script = snat::render(&snat::SnatInputs {
@@ -662,6 +955,11 @@ fn every_snat_table_loads_into_the_kernel() {
         assert_eq!(
             listed.contains("chain egress_snat"),
             !cfg.external_snat,
+            "{listed}"
+        );
+        assert_eq!(
+            listed.contains("ip saddr 169.254.172.0/22"),
+            cfg.v4_egress_active(),
             "{listed}"
         );
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::core::config::{Families, PoolConfig};
+use crate::core::config::{ENABLE_IPV4, ENABLE_IPV6, Families, PoolConfig};
 use crate::core::settings::{ConfigError, Setting, Values, ser_duration};
 use crate::core::{InstanceId, SubnetId};
 use crate::ec2::limiter::{self, LimiterConfig};
@@ -113,19 +113,6 @@ pub const METRICS_BIND_ADDRESS: Setting = Setting::new(
     "METRICS_BIND_ADDRESS",
     "127.0.0.1:61678",
     "Prometheus metrics: /metrics",
-);
-
-/// ENABLE_IPv4 (the VPC CNI's name).
-pub const ENABLE_IPV4: Setting = Setting::new(
-    "ENABLE_IPv4",
-    "true",
-    "pods get an IPv4 address from the /28 pool",
-);
-/// ENABLE_IPv6 (the VPC CNI's name).
-pub const ENABLE_IPV6: Setting = Setting::new(
-    "ENABLE_IPv6",
-    "false",
-    "pods get a /128 from the node's /80 (with ENABLE_IPv4 too: dual-stack pods)",
 );
 
 /// The agent's own settings (the warm-pool and limiter settings have their own tables).
@@ -317,17 +304,7 @@ impl AgentConfig {
             Some(_) => Some(v.positive_count(&MAX_PODS, crate::ipc::MAX_ATTACHMENTS)?),
         };
         let pool = PoolConfig::from_lookup(v)?;
-        let families = Families {
-            ipv4: v.bool(&ENABLE_IPV4)?,
-            ipv6: v.bool(&ENABLE_IPV6)?,
-        };
-        if !families.ipv4 && !families.ipv6 {
-            return Err(ConfigError::new(
-                ENABLE_IPV4.var,
-                "false",
-                "with ENABLE_IPv6=false too pods would get no address: enable one family or both",
-            ));
-        }
+        let families = Families::from_lookup(v)?;
         if families.ipv6 && pool.mode() != crate::core::Mode::Prefix {
             return Err(ConfigError::new(
                 ENABLE_IPV6.var,

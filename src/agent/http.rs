@@ -120,7 +120,7 @@ impl From<&EniStock> for EniView {
 #[derive(Serialize)]
 struct AllocationView {
     key: PodKey,
-    address: std::net::Ipv4Addr,
+    address: std::net::IpAddr,
     pod_namespace: String,
     pod_name: String,
     allocated_at_ms: u64,

@@ -389,6 +389,7 @@ impl<E: Ec2> AgentBuilder<E> {
                 pods: server::PodDefaults {
                     mtu: cfg.host.pod_mtu,
                     veth_prefix: cfg.host.veth_prefix.clone(),
+                    v4_egress: cfg.host.v4_egress_active(),
                 },
                 pending: crate::ipc::pending::dir_of(&cfg.socket_path),
                 host: cfg.host.enabled,

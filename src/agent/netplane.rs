@@ -6,6 +6,7 @@
 //! socket and lock are the agent's only.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -169,17 +170,24 @@ impl NetPlane {
         inv: &Inventory,
     ) -> Result<Vec<Repair>, HostError> {
         let prefix = self.cfg.veth_prefix.clone();
+        let mut egress = Vec::new();
         let pods = inv
             .allocations
             .iter()
             .map(|h| {
                 let table = inv
-                    .eni_of(h.address)
+                    .eni_of_ip(h.address)
                     .map_or(crate::hostnet::netlink::TABLE_MAIN, |e| {
                         crate::hostnet::config::table_of(e.primary, e.device_index, 0)
                     });
                 let veth =
                     host_veth_name(&prefix, &h.pod.namespace, &h.pod.name, h.key.container_id());
+                if let IpAddr::V6(a6) = h.address
+                    && self.cfg.v4_egress_active()
+                    && let Some(e) = crate::hostnet::egress::egress_address(a6)
+                {
+                    egress.push((e, crate::hostnet::egress::host_end_name(&veth)));
+                }
                 (h.address, table, Some(veth))
             })
             .collect();
@@ -190,6 +198,7 @@ impl NetPlane {
                 .filter(|e| self.ready.contains(&e.id.parse().expect("ENI ids parse")))
                 .collect(),
             pods,
+            egress,
             vpc_cidrs: self.vpc_cidrs.clone().unwrap_or_default(),
         };
         let r = self.blocking(move |n| n.reconcile(&want)).await;

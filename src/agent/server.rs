@@ -18,9 +18,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::pool::{PoolError, PoolHandle};
+use super::pool::{Leased, PoolError, PoolHandle};
 use super::status::Status;
 use crate::core::PodInfo;
+use crate::hostnet::egress::{EGRESS_NET, egress_address};
 use crate::ipc::{
     ErrorKind, HostEnd, MAX_MESSAGE, MAX_UNTRUSTED, Op, PROTOCOL_VERSION, PodNet, Reply, Request,
     pending,
@@ -61,6 +62,8 @@ pub struct PodDefaults {
     pub mtu: u32,
     /// AWS_VPC_K8S_CNI_VETHPREFIX.
     pub veth_prefix: String,
+    /// IPv6-only pods get an IPv4 egress interface (ENABLE_V4_EGRESS).
+    pub v4_egress: bool,
 }
 
 impl Served {
@@ -87,7 +90,29 @@ impl Served {
             table,
             mtu: self.pods.mtu,
             veth_prefix: self.pods.veth_prefix.clone(),
+            egress4: None,
         }
+    }
+
+    /// How to wire a lease: its table, and its IPv4 egress address when the pod is IPv6-only
+    /// and the node gives those (derived from its /80 index; an index beyond the range is
+    /// refused, naming why).
+    fn lease_net(&self, l: &Leased) -> Result<PodNet, String> {
+        let mut net = self.pod_net(l.table);
+        if self.pods.v4_egress
+            && l.address.is_none()
+            && let Some(a6) = l.address6
+        {
+            net.egress4 = Some(egress_address(a6).ok_or_else(|| {
+                format!(
+                    "{a6} is beyond the {} IPv4 egress addresses of {EGRESS_NET}: too many \
+                     pods and cooling addresses at once on this node (or set \
+                     ENABLE_V4_EGRESS=false)",
+                    crate::hostnet::egress::MAX_INDEX
+                )
+            })?);
+        }
+        Ok(net)
     }
 }
 
@@ -407,12 +432,15 @@ async fn request(
             match r {
                 Ok(l) => {
                     tracing::debug!(pod.key = %key, address = ?l.address, address6 = ?l.address6, table = l.table, "ADD");
-                    ok(Reply {
-                        address: l.address,
-                        address6: l.address6,
-                        pod_net: Some(served.pod_net(l.table)),
-                        ..Reply::default()
-                    })
+                    match served.lease_net(&l) {
+                        Ok(net) => ok(Reply {
+                            address: l.address,
+                            address6: l.address6,
+                            pod_net: Some(net),
+                            ..Reply::default()
+                        }),
+                        Err(why) => Reply::error(ErrorKind::Internal, why),
+                    }
                 }
                 Err(PoolError::Timeout(d)) => Reply::error(
                     ErrorKind::Timeout,
@@ -438,12 +466,15 @@ async fn request(
             Err(e) => Reply::error(ErrorKind::Internal, e.to_string()),
         },
         Op::Check { key } => match pool.check(key.clone()).await {
-            Ok(Some(l)) => ok(Reply {
-                address: l.address,
-                address6: l.address6,
-                pod_net: Some(served.pod_net(l.table)),
-                ..Reply::default()
-            }),
+            Ok(Some(l)) => match served.lease_net(&l) {
+                Ok(net) => ok(Reply {
+                    address: l.address,
+                    address6: l.address6,
+                    pod_net: Some(net),
+                    ..Reply::default()
+                }),
+                Err(why) => Reply::error(ErrorKind::Internal, why),
+            },
             Ok(None) => Reply::error(
                 ErrorKind::NotFound,
                 format!("no address is allocated to {key}"),

@@ -25,7 +25,9 @@ pub struct InstallCniArgs {
     #[arg(long, default_value = "/etc/prefixd/10-prefixd.conflist")]
     pub conflist: PathBuf,
     /// Also set the node's sysctls the agent needs and cannot set from an unprivileged
-    /// container: net.ipv4.ip_forward=1, rp_filter=2 on the primary ENI's link.
+    /// container: net.ipv4.ip_forward=1, rp_filter=2 on the primary ENI's link; with
+    /// ENABLE_IPv6=true in the environment, net.ipv6.conf.all.forwarding=1 and accept_ra=2 on
+    /// that link.
     #[arg(long)]
     pub node_sysctls: bool,
 }
@@ -64,7 +66,13 @@ pub fn run(args: &InstallCniArgs) -> Result<(), CliError> {
         ))
     })?;
     if args.node_sysctls {
-        let done = crate::hostnet::node::node_sysctls()
+        let v = crate::core::settings::Values::from_env(&[&[
+            crate::core::config::ENABLE_IPV4,
+            crate::core::config::ENABLE_IPV6,
+        ]]);
+        let families = crate::core::config::Families::from_lookup(&v)
+            .map_err(|e| CliError::Input(e.to_string()))?;
+        let done = crate::hostnet::node::node_sysctls(families.ipv6)
             .map_err(|e| CliError::Input(format!("cannot set the node's sysctls: {e}")))?;
         for (key, wrote) in done {
             println!("{key}: {}", if wrote { "set" } else { "already set" });

@@ -18,7 +18,7 @@ use super::conf::Role;
 use super::error::{CniError, code, fail};
 use crate::hostnet::netlink::mac_text;
 use crate::hostnet::pod::{GATEWAY, GATEWAY6, PodSpec, host_net, host_veth_name};
-use crate::ipc::{ClientError, HostEnd, Op, PodNet, pending};
+use crate::ipc::{ClientError, HostEnd, Op, PodNet, Reply, pending};
 
 fn wiring_failed(what: &str, e: impl std::fmt::Display) -> CniError {
     fail(code::IO_FAILURE, format!("{what} failed"), e.to_string())
@@ -78,6 +78,26 @@ fn result(c: &Call, spec: &PodSpec, host_mac: &str, pod_mac: &str) -> Value {
     })
 }
 
+/// What ADD wires and CHECK checks, from the agent's answer.
+fn pod_spec<'a>(
+    netns: &'a str,
+    ifname: &'a str,
+    host_veth: &'a str,
+    r: &Reply,
+    net: &PodNet,
+) -> PodSpec<'a> {
+    PodSpec {
+        netns: Path::new(netns),
+        ifname,
+        host_veth,
+        address: r.address,
+        address6: r.address6,
+        egress4: net.egress4,
+        mtu: net.mtu,
+        table: net.table,
+    }
+}
+
 pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
     let Role::Main(s) = &c.s.role else {
         unreachable!("dispatched by role")
@@ -103,17 +123,9 @@ pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
                     "",
                 ));
             }
-            let net = pod_net(r.pod_net)?;
+            let net = pod_net(r.pod_net.clone())?;
             let host_veth = host_veth_name(&net.veth_prefix, &ns, &name, &container);
-            let spec = PodSpec {
-                netns: Path::new(&netns),
-                ifname: &ifname,
-                host_veth: &host_veth,
-                address: r.address,
-                address6: r.address6,
-                mtu: net.mtu,
-                table: net.table,
-            };
+            let spec = pod_spec(&netns, &ifname, &host_veth, &r, &net);
             let shown: Vec<String> = spec.addresses().iter().map(|a| a.to_string()).collect();
             match c.host.wire(&spec) {
                 Ok(w) => {
@@ -211,18 +223,10 @@ pub(super) fn execute(command: &str, c: &Call) -> Result<String, CniError> {
             let container = c.need("CNI_CONTAINERID")?;
             let (ns, name) = c.pod()?;
             let r = c.checked(&key)?;
-            let net = pod_net(r.pod_net)?;
+            let net = pod_net(r.pod_net.clone())?;
             let host_veth = host_veth_name(&net.veth_prefix, &ns, &name, &container);
             c.host
-                .check(&PodSpec {
-                    netns: Path::new(&netns),
-                    ifname: &ifname,
-                    host_veth: &host_veth,
-                    address: r.address,
-                    address6: r.address6,
-                    mtu: net.mtu,
-                    table: net.table,
-                })
+                .check(&pod_spec(&netns, &ifname, &host_veth, &r, &net))
                 .map_err(|e| {
                     fail(
                         code::IO_FAILURE,
@@ -385,6 +389,7 @@ mod tests {
                 table,
                 mtu: 1500,
                 veth_prefix: "eni".into(),
+                egress4: None,
             }),
             ..Reply::default()
         }

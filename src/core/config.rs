@@ -62,6 +62,19 @@ const MAX_ADDRESSES: u32 = 65_536;
 const MAX_ENIS: u32 = 128;
 const MAX_COOLDOWN: Duration = Duration::from_secs(3_600);
 
+/// ENABLE_IPv4 (the VPC CNI's name).
+pub const ENABLE_IPV4: Setting = Setting::new(
+    "ENABLE_IPv4",
+    "true",
+    "pods get an IPv4 address from the /28 pool",
+);
+/// ENABLE_IPv6 (the VPC CNI's name).
+pub const ENABLE_IPV6: Setting = Setting::new(
+    "ENABLE_IPv6",
+    "false",
+    "pods get a /128 from the node's /80 (with ENABLE_IPv4 too: dual-stack pods)",
+);
+
 /// Which address families pods get: ENABLE_IPv4 and ENABLE_IPv6 (the VPC CNI's names; it
 /// refuses both at once, prefixd gives dual-stack pods one address of each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,6 +101,22 @@ impl Families {
         ipv4: true,
         ipv6: true,
     };
+
+    /// ENABLE_IPv4 and ENABLE_IPv6 from `v`; both off is refused.
+    pub fn from_lookup(v: &Values) -> Result<Self, ConfigError> {
+        let f = Self {
+            ipv4: v.bool(&ENABLE_IPV4)?,
+            ipv6: v.bool(&ENABLE_IPV6)?,
+        };
+        if !f.ipv4 && !f.ipv6 {
+            return Err(ConfigError::new(
+                ENABLE_IPV4.var,
+                "false",
+                "with ENABLE_IPv6=false too pods would get no address: enable one family or both",
+            ));
+        }
+        Ok(f)
+    }
 
     /// "ipv4", "ipv6" or "dual".
     pub fn as_str(self) -> &'static str {

@@ -2,7 +2,7 @@
 //! each is used, and every allocation. The pool owner hands it out; the loop's resync and
 //! release, introspection and the host data plane read it — never strings.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Serialize;
 
@@ -53,13 +53,13 @@ impl EniStock {
     }
 }
 
-/// One allocation.
+/// One allocated address (a dual-stack pod holds two: one of each family).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Holding {
     /// The CNI attachment.
     pub key: PodKey,
-    /// Its address.
-    pub address: Ipv4Addr,
+    /// Its address: an IPv4 address from a /28 or secondary IP, or an IPv6 /128 from the /80.
+    pub address: IpAddr,
     /// The pod.
     pub pod: PodInfo,
     /// When it was handed out.
@@ -71,7 +71,7 @@ pub struct Holding {
 pub struct Inventory {
     /// ENIs by id.
     pub enis: Vec<EniStock>,
-    /// Allocations by address.
+    /// Allocated addresses, IPv4 first, each family by address.
     pub allocations: Vec<Holding>,
 }
 
@@ -108,10 +108,16 @@ impl Inventory {
             .allocations()
             .map(|(k, a)| Holding {
                 key: k.clone(),
-                address: a.address,
+                address: IpAddr::V4(a.address),
                 pod: a.pod.clone(),
                 allocated_at: a.allocated_at,
             })
+            .chain(ds.v6().allocations().map(|(k, a)| Holding {
+                key: k.clone(),
+                address: IpAddr::V6(a.address),
+                pod: a.pod.clone(),
+                allocated_at: a.allocated_at,
+            }))
             .collect();
         allocations.sort_by_key(|h| h.address);
         Self { enis, allocations }
@@ -120,6 +126,15 @@ impl Inventory {
     /// The ENI that carries `addr`.
     pub fn eni_of(&self, addr: Ipv4Addr) -> Option<&EniStock> {
         self.enis.iter().find(|e| e.holds(addr))
+    }
+
+    /// The ENI whose table routes `addr`'s pod: its ENI for IPv4, none (the main table) for
+    /// IPv6, whose /80 is on the primary ENI.
+    pub fn eni_of_ip(&self, addr: IpAddr) -> Option<&EniStock> {
+        match addr {
+            IpAddr::V4(a) => self.eni_of(a),
+            IpAddr::V6(_) => None,
+        }
     }
 
     /// The ENI that carries `prefix`.

@@ -64,8 +64,16 @@ pub const AWS_EXTERNAL_SERVICE_CIDRS: Setting = Setting::optional(
     "ranges pods reach through the main table (rule 1535), comma-separated",
 );
 
+/// ENABLE_V4_EGRESS.
+pub const ENABLE_V4_EGRESS: Setting = Setting::new(
+    "ENABLE_V4_EGRESS",
+    "true",
+    "IPv6-only pods reach IPv4 through a second interface (169.254.172.0/22), SNATed to the node's address",
+);
+
 /// The data plane's settings.
 pub const SETTINGS: &[Setting] = &[
+    ENABLE_V4_EGRESS,
     ENABLE_HOST_NETWORKING,
     AWS_VPC_ENI_MTU,
     POD_MTU,
@@ -113,6 +121,10 @@ pub struct HostConfig {
     pub node_port_support: bool,
     /// AWS_EXTERNAL_SERVICE_CIDRS.
     pub external_service_cidrs: Vec<Ipv4Net>,
+    /// ENABLE_IPv4 and ENABLE_IPv6 (the agent's table): with IPv6 the node forwards IPv6.
+    pub families: crate::core::config::Families,
+    /// ENABLE_V4_EGRESS, in effect for IPv6-only pods.
+    pub v4_egress: bool,
 }
 
 fn mtu(v: &Values, s: &Setting) -> Result<u32, ConfigError> {
@@ -193,7 +205,17 @@ impl HostConfig {
             connmark,
             node_port_support: v.bool(&AWS_VPC_CNI_NODE_PORT_SUPPORT)?,
             external_service_cidrs: cidrs(&AWS_EXTERNAL_SERVICE_CIDRS)?,
+            families: crate::core::config::Families::from_lookup(v)?,
+            v4_egress: v.bool(&ENABLE_V4_EGRESS)?,
         })
+    }
+}
+
+impl HostConfig {
+    /// Whether pods get an IPv4 egress interface: IPv6-only pods, ENABLE_V4_EGRESS, and the
+    /// node's network programmed by prefixd.
+    pub fn v4_egress_active(&self) -> bool {
+        self.enabled && self.v4_egress && self.families == crate::core::config::Families::V6
     }
 }
 

@@ -92,9 +92,12 @@ pub struct Desired {
     pub primary: EniNet,
     /// The other ENIs whose links are configured.
     pub enis: Vec<EniNet>,
-    /// Every allocation: its address, its ENI's table, and its host end's name when known
-    /// (its /32 route is restored too).
-    pub pods: Vec<(Ipv4Addr, u32, Option<String>)>,
+    /// Every allocated address (IPv4 or IPv6): its ENI's table, and its host end's name when
+    /// known (its /32 or /128 route is restored too).
+    pub pods: Vec<(IpAddr, u32, Option<String>)>,
+    /// IPv6-only pods' IPv4 egress addresses and their host ends (their /32 routes are
+    /// restored).
+    pub egress: Vec<(Ipv4Addr, String)>,
     /// The VPC's CIDRs.
     pub vpc_cidrs: Vec<Ipv4Net>,
 }
@@ -120,9 +123,11 @@ fn ours_table(t: u32) -> bool {
 
 /// What the DaemonSet's privileged init container sets, which the agent's unprivileged
 /// container cannot (its /proc/sys is read-only): forwarding, and loose reverse-path filtering
-/// on the link of the main table's default route (the primary ENI's). Returns each key and
-/// whether it was written.
-pub fn node_sysctls() -> Result<Vec<(String, bool)>, HostError> {
+/// on the link of the main table's default route (the primary ENI's). With `ipv6`, IPv6
+/// forwarding too, and `accept_ra=2` on that link so that the node keeps the default route the
+/// VPC router advertises (a forwarding interface ignores advertisements otherwise). Returns each
+/// key and whether it was written.
+pub fn node_sysctls(ipv6: bool) -> Result<Vec<(String, bool)>, HostError> {
     let mut nl = Netlink::open()?;
     let default = IpNet::V4(Ipv4Net::default());
     let oif = nl
@@ -135,14 +140,33 @@ pub fn node_sysctls() -> Result<Vec<(String, bool)>, HostError> {
         "net.ipv4.ip_forward".to_owned(),
         sysctl::ensure("net.ipv4.ip_forward", "1")?,
     ));
-    if let Some(index) = oif
-        && let Some(l) = nl.links()?.into_iter().find(|l| l.index == index)
-    {
+    let link = match oif {
+        Some(index) => nl.links()?.into_iter().find(|l| l.index == index),
+        None => None,
+    };
+    if let Some(l) = &link {
         let key = format!("net.ipv4.conf.{}.rp_filter", l.name);
         let wrote = sysctl::ensure(&key, "2")?;
         done.push((key, wrote));
     }
+    if ipv6 {
+        for (key, value) in ipv6_sysctls(link.as_ref().map(|l| l.name.as_str())) {
+            let wrote = sysctl::ensure(&key, value)?;
+            done.push((key, wrote));
+        }
+    }
     Ok(done)
+}
+
+/// IPv6 forwarding, and `accept_ra=2` on the primary ENI's link when it is known. The order
+/// matters: accept_ra=2 first, so that the router's advertisements are never ignored.
+fn ipv6_sysctls(primary_link: Option<&str>) -> Vec<(String, &'static str)> {
+    let mut v: Vec<(String, &'static str)> = primary_link
+        .map(|l| (format!("net.ipv6.conf.{l}.accept_ra"), "2"))
+        .into_iter()
+        .collect();
+    v.push(("net.ipv6.conf.all.forwarding".to_owned(), "1"));
+    v
 }
 
 /// The node's network, through a netlink socket in the agent's namespace.
@@ -186,6 +210,11 @@ impl Node {
         sysctl::ensure("net.ipv4.ip_forward", "1")?;
         if self.cfg.node_port_support {
             sysctl::ensure(&format!("net.ipv4.conf.{}.rp_filter", l.name), "2")?;
+        }
+        if self.cfg.families.ipv6 {
+            for (key, value) in ipv6_sysctls(Some(&l.name)) {
+                sysctl::ensure(&key, value)?;
+            }
         }
         Ok(l.name)
     }
@@ -260,7 +289,7 @@ impl Node {
             rules.push(Self::eni_rule(e));
         }
         for (a, table, _) in &want.pods {
-            rules.extend(pod::pod_rules(std::net::IpAddr::V4(*a), *table));
+            rules.extend(pod::pod_rules(*a, *table));
         }
         rules
     }
@@ -272,7 +301,10 @@ impl Node {
         let primary_link = self.setup_primary(&want.primary)?;
         // Rules.
         let wanted = self.wanted_rules(want);
-        let have = self.nl.rules(false)?;
+        let v6_pods = want.pods.iter().any(|(a, _, _)| a.is_ipv6());
+        let mut have = self.nl.rules(false)?;
+        // IPv6 rules are read always: a node that had IPv6 pods and has none now loses them.
+        have.extend(self.nl.rules(true)?);
         let key = |r: &Rule| (r.priority, r.from, r.to, r.fwmark, r.table);
         let have_keys: BTreeSet<_> = have.iter().map(key).collect();
         let want_keys: BTreeSet<_> = wanted.iter().map(key).collect();
@@ -334,24 +366,32 @@ impl Node {
                 });
             }
         }
-        // Pods' /32 routes, where the host end is there and the route is not.
-        for (a, _, veth) in &want.pods {
+        // Pods' /32 and /128 routes, where the host end is there and the route is not.
+        let routes6 = if v6_pods {
+            self.nl.routes(true)?
+        } else {
+            Vec::new()
+        };
+        let egress = want
+            .egress
+            .iter()
+            .map(|(a, name)| (IpAddr::V4(*a), 0, Some(name.clone())));
+        for (a, _, veth) in want.pods.iter().cloned().chain(egress) {
             let Some(name) = veth else { continue };
-            let Some(l) = self.nl.link_by_name(name)? else {
+            let Some(l) = self.nl.link_by_name(&name)? else {
                 continue;
             };
-            let present = routes
+            let dst = pod::host_net(a);
+            let present = if a.is_ipv6() { &routes6 } else { &routes }
                 .iter()
-                .any(|r| r.table == TABLE_MAIN && r.dst == host32(*a) && r.oif == Some(l.index));
+                .any(|r| r.table == TABLE_MAIN && r.dst == dst && r.oif == Some(l.index));
             if !present {
-                self.nl.add_route(
-                    &Route::to(host32(*a), TABLE_MAIN).dev(l.index).link_scope(),
-                    true,
-                )?;
+                self.nl
+                    .add_route(&Route::to(dst, TABLE_MAIN).dev(l.index).link_scope(), true)?;
                 repairs.push(Repair {
                     object: "route",
                     action: "restored",
-                    what: format!("{a}/32 dev {name}"),
+                    what: format!("{dst} dev {name}"),
                 });
             }
         }
@@ -381,10 +421,7 @@ impl Node {
     }
 
     /// Removes the pod rules of an address no allocation holds.
-    pub fn remove_pod_rules(&mut self, address: Ipv4Addr) -> Result<(), HostError> {
-        Ok(pod::remove_rules(
-            &mut self.nl,
-            std::net::IpAddr::V4(address),
-        )?)
+    pub fn remove_pod_rules(&mut self, address: IpAddr) -> Result<(), HostError> {
+        Ok(pod::remove_rules(&mut self.nl, address)?)
     }
 }

@@ -22,6 +22,7 @@ use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::egress;
 use super::netlink::{Link, Mac, Netlink, NetlinkError, Route, Rule, TABLE_MAIN};
 use super::netns::{NetNs, NetnsError};
 use crate::core::sha1;
@@ -73,6 +74,8 @@ pub struct PodSpec<'a> {
     pub address: Option<Ipv4Addr>,
     /// Its IPv6 address.
     pub address6: Option<Ipv6Addr>,
+    /// Its IPv4 egress address (IPv6-only pods with ENABLE_V4_EGRESS): a second interface.
+    pub egress4: Option<Ipv4Addr>,
     /// The interfaces' MTU.
     pub mtu: u32,
     /// The ENI's routing table (main for the primary ENI).
@@ -203,6 +206,21 @@ pub fn setup(spec: &PodSpec) -> Result<Wired, PodError> {
         for r in pod_rules(a, spec.table) {
             node_nl.add_rule(&r)?;
         }
+        if v6 {
+            // The node reaches the pod without neighbour discovery (its host end's link-local
+            // address may still be tentative).
+            node_nl.set_neighbour(host.index, a, inner.mac)?;
+        }
+    }
+    if let Some(e) = spec.egress4 {
+        egress::setup(
+            &mut pod_nl,
+            &mut node_nl,
+            &node,
+            &egress::host_end_name(spec.host_veth),
+            e,
+            spec.mtu,
+        )?;
     }
     Ok(Wired {
         host_mac: host.mac,
@@ -257,6 +275,8 @@ pub fn detach(
     if addresses.is_empty() {
         addresses = hints.to_vec();
     }
+    // An IPv6-only pod's IPv4 egress interface: deleted here, with the pod's namespace at hand.
+    egress::remove(netns)?;
     let mut node_nl = Netlink::open()?;
     for a in &addresses {
         remove_rules(&mut node_nl, *a)?;
@@ -402,6 +422,14 @@ pub fn check(spec: &PodSpec) -> Result<(), PodError> {
                 return missing(format!("the node has no rule {want:?}"));
             }
         }
+    }
+    if let Some(e) = spec.egress4 {
+        egress::check(
+            &mut pod_nl,
+            &mut node_nl,
+            &egress::host_end_name(spec.host_veth),
+            e,
+        )?;
     }
     Ok(())
 }

@@ -69,6 +69,9 @@ pub fn render(i: &SnatInputs) -> String {
             ip = i.primary_ip,
         ));
     }
+    if cfg.v4_egress_active() {
+        s.push_str(&super::egress::snat_chain(i.primary_ip));
+    }
     if cfg.node_port_support {
         s.push_str(&format!(
             "  chain nodeport_mark {{\n    type filter hook prerouting priority mangle; policy accept;\n    \

@@ -126,6 +126,9 @@ pub struct PodNet {
     pub mtu: u32,
     /// AWS_VPC_K8S_CNI_VETHPREFIX.
     pub veth_prefix: String,
+    /// The pod's IPv4 egress address (IPv6-only pods, ENABLE_V4_EGRESS), from 169.254.172.0/22.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress4: Option<Ipv4Addr>,
 }
 
 /// A reply.

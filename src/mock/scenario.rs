@@ -79,6 +79,9 @@ pub struct VpcSpec {
     pub name: Option<String>,
     /// Its CIDR, e.g. `10.0.0.0/16`.
     pub cidr: String,
+    /// An Amazon-provided IPv6 /56 too (`AmazonProvidedIpv6CidrBlock`).
+    #[serde(default)]
+    pub ipv6: bool,
     /// Its subnets.
     #[serde(default)]
     pub subnets: Vec<SubnetSpec>,
@@ -101,6 +104,10 @@ pub struct SubnetSpec {
     /// Scatter used addresses so that no /28 is free.
     #[serde(default)]
     pub fragment: bool,
+    /// An IPv6 /64 too: the n-th /64 of the VPC's /56 for the VPC's n-th subnet (the VPC
+    /// needs `ipv6`).
+    #[serde(default)]
+    pub ipv6: bool,
 }
 
 /// A subnet CIDR reservation.
@@ -278,6 +285,16 @@ impl Scenario {
             if let Some(n) = &v.name {
                 names.insert(n.clone(), vpc.clone());
             }
+            let vpc6 = if v.ipv6 {
+                Some(
+                    model
+                        .associate_vpc_ipv6(&vpc)
+                        .map_err(|e| err(format!("vpcs[{i}].ipv6"), e.message))?
+                        .1,
+                )
+            } else {
+                None
+            };
             for (j, s) in v.subnets.iter().enumerate() {
                 let f = |k: &str| format!("vpcs[{i}].subnets[{j}].{k}");
                 if names.contains_key(&s.name) {
@@ -307,6 +324,22 @@ impl Scenario {
                 }
                 if s.fragment {
                     model.fragment_subnet(&subnet).expect("subnet exists");
+                }
+                if s.ipv6 {
+                    let Some(net) = vpc6 else {
+                        return Err(err(
+                            f("ipv6"),
+                            format!("vpcs[{i}] has no IPv6 block: set its \"ipv6\": true"),
+                        ));
+                    };
+                    let block = net
+                        .subnets(64)
+                        .ok()
+                        .and_then(|mut it| it.nth(j))
+                        .ok_or_else(|| err(f("ipv6"), "more subnets than /64s in a /56".into()))?;
+                    model
+                        .associate_subnet_ipv6(&subnet, block)
+                        .map_err(|e| err(f("ipv6"), e.message))?;
                 }
                 names.insert(s.name.clone(), subnet);
             }
@@ -426,6 +459,31 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_subnets_take_the_vpcs_slash64s_in_order() {
+        let json = r#"{"vpcs":[{"cidr":"10.0.0.0/16","ipv6":true,"subnets":[
+            {"name":"a","cidr":"10.0.0.0/24","ipv6":true},
+            {"name":"b","cidr":"10.0.1.0/24"},
+            {"name":"c","cidr":"10.0.2.0/24","ipv6":true}]}]}"#;
+        let b = Scenario::parse(json, "t.json")
+            .unwrap()
+            .build("t.json")
+            .unwrap();
+        let vpc = b.model.vpcs.values().next().unwrap();
+        let net = vpc.ipv6.as_ref().unwrap().1;
+        assert_eq!(net.prefix_len(), 56);
+        let six = |n: &str| {
+            b.model.subnets[&b.names[n]]
+                .ipv6
+                .as_ref()
+                .map(|(_, s)| s.net())
+        };
+        let all: Vec<_> = net.subnets(64).unwrap().collect();
+        assert_eq!(six("a"), Some(all[0]));
+        assert_eq!(six("b"), None);
+        assert_eq!(six("c"), Some(all[2]));
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (
@@ -456,6 +514,10 @@ mod tests {
             (
                 r#"{"throttling":{"enabled":true,"time_scale":0}}"#,
                 "throttling.time_scale",
+            ),
+            (
+                r#"{"vpcs":[{"cidr":"10.0.0.0/16","subnets":[{"name":"a","cidr":"10.0.0.0/24","ipv6":true}]}]}"#,
+                "vpcs[0].subnets[0].ipv6",
             ),
         ];
         for (json, field) in cases {

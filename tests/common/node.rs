@@ -197,7 +197,13 @@ pub fn http_in(netns: &str, addr: SocketAddr, path: &str) -> Option<(u16, String
 /// privileged init container does) puts deploy/'s conflist (its socket pointed at `socket`) in
 /// `conf` and the plugin in `bin`, where Debian's plugins (portmap, loopback...) join it.
 /// Returns (conf dir, bin dir).
-pub fn cni_dirs(dir: &Path, socket: &Path, netns: &str, sysctls: bool) -> (PathBuf, PathBuf) {
+pub fn cni_dirs(
+    dir: &Path,
+    socket: &Path,
+    netns: &str,
+    sysctls: bool,
+    env: &[(&str, &str)],
+) -> (PathBuf, PathBuf) {
     let conf = dir.join("net.d");
     let bin = dir.join("bin");
     let src = dir.join("src");
@@ -226,6 +232,7 @@ pub fn cni_dirs(dir: &Path, socket: &Path, netns: &str, sysctls: bool) -> (PathB
     if sysctls {
         c.arg("--node-sysctls");
     }
+    c.envs(env.iter().copied());
     let out = c.stderr(Stdio::piped()).output().unwrap();
     assert!(
         out.status.success(),

@@ -4,9 +4,9 @@
 //! deliver to each port, and the sources each port may send from.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::hostnet::netlink::{Mac, parse_mac};
 use crate::mock::model::Model;
@@ -29,6 +29,13 @@ pub struct Port {
     /// Every address EC2 delivers to it and accepts from it: the primary and secondary /32s and
     /// the delegated /28s.
     pub addresses: Vec<Ipv4Net>,
+    /// Its subnet's IPv6 /64, when the subnet has one.
+    pub subnet6: Option<Ipv6Net>,
+    /// Every IPv6 address EC2 delivers to it and accepts from it: its /128s and delegated /80s.
+    pub addresses6: Vec<Ipv6Net>,
+    /// Its own IPv6 addresses (not prefixes): what the instance configures on the link, as
+    /// DHCPv6 hands them to an EC2 instance.
+    pub ips6: Vec<Ipv6Addr>,
 }
 
 impl Port {
@@ -68,6 +75,8 @@ pub struct Desired {
     pub primaries: Vec<Ipv4Addr>,
     /// The VPCs' CIDRs.
     pub vpc_cidrs: Vec<Ipv4Net>,
+    /// The VPCs' IPv6 /56s.
+    pub vpc_cidrs6: Vec<Ipv6Net>,
     /// When the next hot-plug is due (mock ms), if one is pending.
     pub next_change_ms: Option<u64>,
 }
@@ -77,6 +86,11 @@ impl Desired {
     pub fn of(model: &Model, now_ms: u64, hotplug_ms: u64) -> Self {
         let mut d = Self {
             vpc_cidrs: model.vpcs.values().map(|v| v.cidr).collect(),
+            vpc_cidrs6: model
+                .vpcs
+                .values()
+                .filter_map(|v| v.ipv6.as_ref().map(|(_, n)| *n))
+                .collect(),
             ..Self::default()
         };
         for i in model.instances.values().filter(|i| i.running) {
@@ -113,6 +127,12 @@ impl Desired {
                 .map(|a| Ipv4Net::new(a, 32).expect("32 is a valid length"))
                 .collect();
             addresses.extend(e.prefixes.iter().map(|p| p.to_ipnet()));
+            let mut addresses6: Vec<Ipv6Net> = e
+                .ipv6_addresses
+                .iter()
+                .map(|a| Ipv6Net::new(*a, 128).expect("128 is a valid length"))
+                .collect();
+            addresses6.extend(e.ipv6_prefixes.iter().map(|p| p.to_ipnet()));
             d.ports.insert(
                 e.id.clone(),
                 Port {
@@ -123,6 +143,9 @@ impl Desired {
                     primary: e.primary_ip,
                     subnet: subnet.space.net(),
                     addresses,
+                    subnet6: subnet.ipv6.as_ref().map(|(_, s)| s.net()),
+                    addresses6,
+                    ips6: e.ipv6_addresses.clone(),
                 },
             );
         }

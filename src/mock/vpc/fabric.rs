@@ -5,9 +5,9 @@
 //! blocking (netlink, `nft`), run off the async runtime.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::desired::{Desired, Host, Port};
 use super::{Drops, VpcError};
@@ -25,6 +25,31 @@ pub const IGW_OUTSIDE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 pub const INTERNET_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// IMDS's address, on the loopback of every instance namespace.
 pub const IMDS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// The VPC router's IPv6 address on every subnet with IPv6, as EC2's.
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0xec2, 0, 0, 0, 0, 0, 1);
+/// The router's end of the IPv6 link to the internet gateway (a unique local address).
+pub const IGW6_ROUTER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 1);
+/// The internet side of it.
+pub const IGW6_OUTSIDE: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 2);
+/// The "internet" host's IPv6 address (documentation range).
+pub const INTERNET_HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
+
+/// The link-local address the kernel gives a link with `mac` (modified EUI-64): the router
+/// routes an ENI's IPv6 addresses and prefixes through it, as it routes IPv4 through the ENI's
+/// primary address.
+pub fn link_local(mac: crate::hostnet::netlink::Mac) -> Ipv6Addr {
+    let m = mac;
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([m[0] ^ 0x02, m[1]]),
+        u16::from_be_bytes([m[2], 0xff]),
+        u16::from_be_bytes([0xfe, m[3]]),
+        u16::from_be_bytes([m[4], m[5]]),
+    )
+}
 
 /// How traffic leaves the VPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,6 +78,9 @@ struct Programmed {
     name: String,
     index: u32,
     set: String,
+    /// Whether the port's IPv6 side (router address, neighbour, the instance's default route)
+    /// is made.
+    v6: bool,
 }
 
 /// Everything the emulated VPC made in the kernel.
@@ -75,6 +103,14 @@ fn v4(net: Ipv4Net) -> IpNet {
 
 fn host32(a: Ipv4Addr) -> IpNet {
     IpNet::V4(Ipv4Net::new(a, 32).expect("32 is a valid length"))
+}
+
+fn host128(a: Ipv6Addr) -> IpNet {
+    IpNet::V6(Ipv6Net::new(a, 128).expect("128 is a valid length"))
+}
+
+fn main_table() -> u32 {
+    crate::hostnet::netlink::TABLE_MAIN
 }
 
 /// A namespace's netlink socket, opened from a thread inside it.
@@ -141,9 +177,29 @@ impl Fabric {
         inet_nl.set_up(i_if.index, true)?;
         let lo = inet_nl.link_by_name("lo")?.ok_or(VpcError::NoLoopback)?;
         inet_nl.add_address(lo.index, host32(INTERNET_HOST), false)?;
+        // IPv6 to the internet: global addresses leave as they are (no NAT, no check), as
+        // through an internet or egress-only gateway.
+        router_nl.add_address(
+            r_if.index,
+            IpNet::V6(Ipv6Net::new(IGW6_ROUTER, 126).expect("126")),
+            false,
+        )?;
+        router_nl.add_route(
+            &Route::to(IpNet::V6(Ipv6Net::default()), main_table())
+                .via(IpAddr::V6(IGW6_OUTSIDE))
+                .dev(r_if.index),
+            true,
+        )?;
+        inet_nl.add_address(
+            i_if.index,
+            IpNet::V6(Ipv6Net::new(IGW6_OUTSIDE, 126).expect("126")),
+            false,
+        )?;
+        inet_nl.add_address(lo.index, host128(INTERNET_HOST6), false)?;
         sysctls(
             &router,
             &[
+                ("net.ipv6.conf.all.forwarding".into(), "1"),
                 ("net.ipv4.ip_forward".into(), "1"),
                 ("net.ipv4.conf.all.rp_filter".into(), "0"),
                 ("net.ipv4.conf.default.rp_filter".into(), "0"),
@@ -161,17 +217,21 @@ impl Fabric {
         })
     }
 
-    /// The internet namespace learns the way back to `cidrs` (the VPCs).
-    fn inet_routes(&mut self, cidrs: &[Ipv4Net]) -> Result<(), VpcError> {
+    /// The internet namespace learns the way back to the VPCs' CIDRs, both families.
+    fn inet_routes(&mut self, d: &Desired) -> Result<(), VpcError> {
         let mut nl = netlink_in(&self.inet)?;
         let dev = nl.link_by_name("inet0")?.ok_or(VpcError::NoLoopback)?;
-        for c in cidrs {
-            nl.add_route(
-                &Route::to(v4(*c), crate::hostnet::netlink::TABLE_MAIN)
-                    .via(IpAddr::V4(IGW_ROUTER))
-                    .dev(dev.index),
-                true,
-            )?;
+        let routes = d
+            .vpc_cidrs
+            .iter()
+            .map(|c| (v4(*c), IpAddr::V4(IGW_ROUTER)))
+            .chain(
+                d.vpc_cidrs6
+                    .iter()
+                    .map(|c| (IpNet::V6(*c), IpAddr::V6(IGW6_ROUTER))),
+            );
+        for (dst, via) in routes {
+            nl.add_route(&Route::to(dst, main_table()).via(via).dev(dev.index), true)?;
         }
         Ok(())
     }
@@ -179,7 +239,7 @@ impl Fabric {
     /// Moves the kernel to `d`. Returns the hosts whose namespaces were made (their services
     /// are to be started) and the ids of those removed.
     pub fn apply(&mut self, d: &Desired) -> Result<(Vec<String>, Vec<String>), VpcError> {
-        self.inet_routes(&d.vpc_cidrs)?;
+        self.inet_routes(d)?;
         let gone_hosts: Vec<String> = self
             .hosts
             .keys()
@@ -220,7 +280,12 @@ impl Fabric {
         for (eni, port) in &d.ports {
             match self.ports.get(eni) {
                 None => self.add_port(port)?,
-                Some(p) if p.port.addresses != port.addresses => {
+                Some(p)
+                    if p.port.addresses != port.addresses
+                        || p.port.addresses6 != port.addresses6
+                        || p.port.ips6 != port.ips6
+                        || p.port.subnet6 != port.subnet6 =>
+                {
                     self.update_routes(eni, port)?;
                 }
                 Some(_) => {}
@@ -311,14 +376,76 @@ impl Fabric {
             Programmed {
                 port: Port {
                     addresses: Vec::new(),
+                    subnet6: None,
+                    addresses6: Vec::new(),
+                    ips6: Vec::new(),
                     ..port.clone()
                 },
                 name,
                 index: r.index,
                 set,
+                v6: false,
             },
         );
         self.update_routes(&port.eni, port)
+    }
+
+    /// A port's IPv6 side, once its subnet has a /64: the router's `fe80:ec2::1` on it and the
+    /// ENI's link-local address as a permanent neighbour; in the instance, for `eth0`, the
+    /// default route via `fe80:ec2::1` (what the router's advertisements give an instance).
+    fn setup_v6(&mut self, eni: &str) -> Result<(), VpcError> {
+        let p = self.ports.get_mut(eni).expect("programmed");
+        self.router_nl.add_address(
+            p.index,
+            IpNet::V6(Ipv6Net::new(ROUTER6, 64).expect("64")),
+            false,
+        )?;
+        self.router_nl
+            .set_neighbour(p.index, IpAddr::V6(link_local(p.port.mac)), p.port.mac)?;
+        if p.port.device_index == 0
+            && let Some(host) = self.hosts.get_mut(&p.port.instance)
+        {
+            let inside = host
+                .nl
+                .link_by_name(&p.port.link_name())?
+                .ok_or_else(|| VpcError::Lost(p.port.link_name()))?;
+            host.nl.add_route(
+                &Route::to(IpNet::V6(Ipv6Net::default()), main_table())
+                    .via(IpAddr::V6(ROUTER6))
+                    .dev(inside.index),
+                true,
+            )?;
+        }
+        p.v6 = true;
+        Ok(())
+    }
+
+    /// The instance's own IPv6 addresses on `eth0`, as DHCPv6 configures them.
+    fn update_ips6(&mut self, eni: &str, want: &[Ipv6Addr]) -> Result<(), VpcError> {
+        let p = self.ports.get_mut(eni).expect("programmed");
+        if p.port.device_index != 0 {
+            return Ok(());
+        }
+        let Some(host) = self.hosts.get_mut(&p.port.instance) else {
+            return Ok(());
+        };
+        let inside = host
+            .nl
+            .link_by_name(&p.port.link_name())?
+            .ok_or_else(|| VpcError::Lost(p.port.link_name()))?;
+        let old: BTreeSet<Ipv6Addr> = p.port.ips6.iter().copied().collect();
+        let new: BTreeSet<Ipv6Addr> = want.iter().copied().collect();
+        for a in old.difference(&new) {
+            match host.nl.del_address(inside.index, host128(*a)) {
+                Err(e) if !e.missing() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        for a in new.difference(&old) {
+            host.nl.add_address(inside.index, host128(*a), false)?;
+        }
+        p.port.ips6 = want.to_vec();
+        Ok(())
     }
 
     /// The router's routes to a port: its primary on the link, everything else via the
@@ -345,7 +472,29 @@ impl Fabric {
             self.router_nl.add_route(&route(a), true)?;
         }
         p.port.addresses = port.addresses.clone();
-        Ok(())
+        if port.subnet6.is_none() {
+            return Ok(());
+        }
+        p.port.subnet6 = port.subnet6;
+        if !p.v6 {
+            self.setup_v6(eni)?;
+        }
+        let p = self.ports.get_mut(eni).expect("programmed");
+        let via = IpAddr::V6(link_local(p.port.mac));
+        let route6 = |a: &Ipv6Net| Route::to(IpNet::V6(*a), main_table()).dev(p.index).via(via);
+        let old: BTreeSet<Ipv6Net> = p.port.addresses6.iter().copied().collect();
+        let new: BTreeSet<Ipv6Net> = port.addresses6.iter().copied().collect();
+        for a in old.difference(&new) {
+            match self.router_nl.del_route(&route6(a)) {
+                Err(e) if !e.missing() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        for a in new.difference(&old) {
+            self.router_nl.add_route(&route6(a), true)?;
+        }
+        p.port.addresses6 = port.addresses6.clone();
+        self.update_ips6(eni, &port.ips6)
     }
 
     /// The router's nftables table, rewritten in one transaction: a set of addresses per ENI
@@ -377,7 +526,24 @@ impl Fabric {
             s.push_str(&format!(
                 "add set {t} {set} {{ type ipv4_addr; flags interval; }}\n\
                  flush set {t} {set}\n\
+                 add set {t} {set}_6 {{ type ipv6_addr; flags interval; }}\n\
+                 flush set {t} {set}_6\n\
                  add counter {t} {set}\n",
+                set = p.set
+            ));
+            if !p.port.addresses6.is_empty() {
+                let list: Vec<String> = p.port.addresses6.iter().map(|a| a.to_string()).collect();
+                s.push_str(&format!(
+                    "add element {t} {}_6 {{ {} }}\n",
+                    p.set,
+                    list.join(", ")
+                ));
+            }
+            // IPv6: the ENI's /128s and /80s, and what neighbour discovery sends from (the
+            // link-local and the unspecified address); one counter for both families.
+            s.push_str(&format!(
+                "add rule {t} check iifname \"{}\" ip6 saddr != {{ ::/128, fe80::/10 }} ip6 saddr != @{set}_6 counter name \"{set}\" drop\n",
+                p.name,
                 set = p.set
             ));
             if !p.port.addresses.is_empty() {

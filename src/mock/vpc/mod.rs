@@ -16,7 +16,8 @@
 //!
 //! Everything it makes is inside namespaces named with the run's prefix, so that removing them
 //! removes it all; a run that died is cleaned up by the next. Not emulated: security groups,
-//! NACLs, the VPC's MTU and PMTU behaviour, DNS, IPv6 (yet), flow logs, bandwidth.
+//! NACLs, the VPC's MTU and PMTU behaviour, DNS, router advertisements (an instance's IPv6
+//! default route is set as they would set it), flow logs, bandwidth.
 //! [`desired`] says what the model asks for (pure); [`fabric`] makes it in the kernel;
 //! [`services`] runs the listeners inside.
 
@@ -159,6 +160,8 @@ pub struct PeerInfo {
     pub netns: String,
     /// Its primary address.
     pub address: String,
+    /// Its IPv6 address, when its subnet has IPv6 (empty otherwise).
+    pub address6: String,
     /// The TCP echo port.
     pub tcp_echo_port: u16,
 }
@@ -170,6 +173,8 @@ pub struct InternetInfo {
     pub netns: String,
     /// Its address.
     pub address: String,
+    /// Its IPv6 address.
+    pub address6: String,
     /// The TCP echo port.
     pub tcp_echo_port: u16,
 }
@@ -280,6 +285,7 @@ impl Dataplane {
             internet: InternetInfo {
                 netns: fabric.inet_netns(),
                 address: INTERNET_HOST.to_string(),
+                address6: fabric::INTERNET_HOST6.to_string(),
                 tcp_echo_port: ECHO_PORT,
             },
             peer: PeerInfo {
@@ -339,6 +345,18 @@ impl Dataplane {
                 &[("Name".to_owned(), "peer".to_owned())].into(),
             )
             .map_err(|e| VpcError::Peer(e.to_string()))?;
+            // On a subnet with IPv6 the peer has an IPv6 address too (DHCPv6 puts it on eth0).
+            if m.subnets.get(&subnet).is_some_and(|s| s.ipv6.is_some()) {
+                let eni = m.instances[&id].primary_eni.clone();
+                m.assign_ipv6(
+                    &eni,
+                    crate::mock::model::Ipv6Request {
+                        address_count: 1,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| VpcError::Peer(e.to_string()))?;
+            }
             names.insert("peer".into(), id.clone());
             Ok(id)
         })
@@ -458,13 +476,19 @@ impl Follower {
         }
         {
             let mut t = self.topology.lock().expect("topology lock");
-            if t.peer.address.is_empty()
-                && let Some(p) = desired
-                    .ports
-                    .values()
-                    .find(|p| p.instance == self.peer && p.device_index == 0)
+            if let Some(p) = desired
+                .ports
+                .values()
+                .find(|p| p.instance == self.peer && p.device_index == 0)
             {
-                t.peer.address = p.primary.to_string();
+                if t.peer.address.is_empty() {
+                    t.peer.address = p.primary.to_string();
+                }
+                if t.peer.address6.is_empty()
+                    && let Some(a) = p.ips6.first()
+                {
+                    t.peer.address6 = a.to_string();
+                }
             }
         }
         Ok(desired.next_change_ms)

@@ -4,7 +4,7 @@
 //! namespace, whichever thread accepts on it.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
@@ -63,7 +63,7 @@ impl Services {
             listen(
                 &f.inet,
                 &f.inet_netns(),
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, ECHO_PORT)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, ECHO_PORT)),
             )?
         };
         s.echoes.insert("internet".into(), tokio::spawn(echo(l)));
@@ -87,7 +87,7 @@ impl Services {
                 Some(listen(
                     &h.ns,
                     &h.netns,
-                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, ECHO_PORT)),
+                    SocketAddr::from((Ipv6Addr::UNSPECIFIED, ECHO_PORT)),
                 )?)
             } else {
                 None
