@@ -65,6 +65,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabel, Counter>,
     fallback: Gauge,
     prefix_unsupported: Gauge,
+    ipv6_unsupported: Gauge,
     checkpoint_latency: Histogram,
     stranded_total: Counter,
     torn_tail: Counter,
@@ -97,6 +98,7 @@ impl Metrics {
             decisions: Family::default(),
             fallback: Gauge::default(),
             prefix_unsupported: Gauge::default(),
+            ipv6_unsupported: Gauge::default(),
             checkpoint_latency: latency_histogram(),
             stranded_total: Counter::default(),
             torn_tail: Counter::default(),
@@ -119,6 +121,7 @@ impl Metrics {
             "planner_decisions" => m.decisions, "Planner decisions (grow, release, steady, at_capacity)";
             "fallback_active" => m.fallback, "1 while secondary addresses are used because no prefix can be had";
             "prefix_delegation_unsupported" => m.prefix_unsupported, "1 when the EC2 endpoint assigned no prefix for an Assign that succeeded";
+            "ipv6_prefix_delegation_unsupported" => m.ipv6_unsupported, "1 when the EC2 endpoint assigned no IPv6 /80 for an AssignIpv6Addresses that succeeded";
             "checkpoint_write_seconds" => m.checkpoint_latency, "Checkpoint commit latency (a log append and its fdatasync, or a compaction)";
             "checkpoint_torn_tail_bytes" => m.torn_tail, "Bytes of a torn last checkpoint-log record discarded at start-up (a crash during a write never acknowledged)";
             "allocations_stranded" => m.stranded_total, "Allocations stranded because EC2 stopped listing their block while the pod lived (kept until its DEL or GC)";
@@ -189,6 +192,11 @@ impl Metrics {
     pub fn modes(&self, fallback: bool, unsupported: bool) {
         self.fallback.set(i64::from(fallback));
         self.prefix_unsupported.set(i64::from(unsupported));
+    }
+
+    /// Whether the endpoint failed to delegate an IPv6 /80.
+    pub fn ipv6_unsupported(&self, unsupported: bool) {
+        self.ipv6_unsupported.set(i64::from(unsupported));
     }
 
     /// One checkpoint write.

@@ -248,6 +248,101 @@ async fn prefix_mode_notices_that_localstack_cannot_delegate() {
     b.agent.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_prefix_mode_is_reported_as_unsupported() {
+    let ep = require_localstack();
+    let ec2 = sdk_client(&ep);
+    // LocalStack keeps IPv6 CIDRs: a VPC /56 and a subnet /64 of it.
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.34.0.0/16")
+        .amazon_provided_ipv6_cidr_block(true)
+        .send()
+        .await
+        .unwrap();
+    let vpc = vpc.vpc().unwrap();
+    let v6: ipnet::Ipv6Net = vpc.ipv6_cidr_block_association_set()[0]
+        .ipv6_cidr_block()
+        .expect("LocalStack gives the VPC an IPv6 /56")
+        .parse()
+        .unwrap();
+    let sixty_four = v6.subnets(64).unwrap().next().unwrap();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(vpc.vpc_id().unwrap())
+        .cidr_block("10.34.0.0/20")
+        .ipv6_cidr_block(sixty_four.to_string())
+        .availability_zone("us-west-2a")
+        .send()
+        .await
+        .unwrap();
+    let subnet = subnet.subnet().unwrap().subnet_id().unwrap().to_owned();
+    let run = ec2
+        .run_instances()
+        .image_id("ami-12345678")
+        .instance_type(InstanceType::M5Large)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&subnet)
+        .send()
+        .await
+        .unwrap();
+    let instance = run.instances()[0].instance_id().unwrap().to_owned();
+    let eni = run.instances()[0].network_interfaces()[0]
+        .network_interface_id()
+        .unwrap()
+        .to_owned();
+
+    // The difference itself: Ipv6PrefixCount is accepted and nothing is assigned.
+    let r = ec2
+        .assign_ipv6_addresses()
+        .network_interface_id(&eni)
+        .ipv6_prefix_count(1)
+        .send()
+        .await
+        .expect("LocalStack accepts AssignIpv6Addresses");
+    assert!(
+        r.assigned_ipv6_prefixes().is_empty(),
+        "LocalStack delegated an IPv6 prefix: {r:?} (update the agent's note and this test)"
+    );
+
+    // The agent says so: not ready, with the reason, in /readyz, the metric and ADD's answer.
+    let a = common::start_agent_at_unready(
+        &ep,
+        &instance,
+        &[("ENABLE_IPv4", "false"), ("ENABLE_IPv6", "true")],
+    )
+    .await;
+    let status = a.agent.status.clone();
+    eventually(20, "the missing /80 noticed", async || {
+        status.view().ipv6_prefixes_unsupported
+    })
+    .await;
+    let ia = a.agent.introspection_addr();
+    let (s, body) = http_async(ia, "GET", "/readyz", vec![], String::new()).await;
+    assert_eq!(s, 503);
+    assert!(body.contains("cannot delegate an IPv6 /80"), "{body}");
+    let (_, m) = http_async(
+        a.agent.metrics_addr(),
+        "GET",
+        "/metrics",
+        vec![],
+        String::new(),
+    )
+    .await;
+    assert!(
+        m.contains("prefixd_ipv6_prefix_delegation_unsupported 1"),
+        "{m}"
+    );
+    let r = add(&a.socket, "pod6", 5_000).await;
+    let e = r.error.expect("an ADD is refused");
+    assert!(
+        e.message.contains("cannot delegate an IPv6 /80") && e.message.contains("ENABLE_IPv6"),
+        "{e:?}"
+    );
+    a.agent.shutdown().await.unwrap();
+}
+
 /// What one step did: `Ok(summary)` or `Err(code)`.
 type Step = (&'static str, Result<String, String>);
 

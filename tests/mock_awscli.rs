@@ -291,3 +291,274 @@ fn aws_cli_drives_the_prefix_delegation_path() {
         .unwrap_err();
     assert!(e.contains("InvalidNetworkInterface.InUse"), "{e}");
 }
+
+fn ipv6_nets(v: &Value, list: &str, field: &str) -> Vec<ipnet::Ipv6Net> {
+    v[list]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p[field].as_str().unwrap().parse().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn aws_cli_drives_the_ipv6_path() {
+    use ipnet::Ipv6Net;
+    use std::net::Ipv6Addr;
+    let mock = start_mock();
+    let aws = Aws {
+        bin: aws_binary(),
+        endpoint: mock.endpoint.clone(),
+    };
+    let vpc = aws.ok(&["create-vpc", "--cidr-block", "10.2.0.0/16"]);
+    let vpc_id = vpc["Vpc"]["VpcId"].as_str().unwrap().to_owned();
+    // A subnet cannot have IPv6 before its VPC does.
+    let e = aws
+        .run(&[
+            "create-subnet",
+            "--vpc-id",
+            &vpc_id,
+            "--cidr-block",
+            "10.2.0.0/24",
+            "--ipv6-cidr-block",
+            "2600:1f14::/64",
+        ])
+        .unwrap_err();
+    assert!(
+        e.contains("InvalidParameterValue") || e.contains("InvalidSubnet"),
+        "{e}"
+    );
+
+    let assoc = aws.ok(&[
+        "associate-vpc-cidr-block",
+        "--vpc-id",
+        &vpc_id,
+        "--amazon-provided-ipv6-cidr-block",
+    ]);
+    let v56: Ipv6Net = assoc["Ipv6CidrBlockAssociation"]["Ipv6CidrBlock"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{assoc}"))
+        .parse()
+        .unwrap();
+    assert_eq!(v56.prefix_len(), 56);
+    let described = aws.ok(&["describe-vpcs", "--vpc-ids", &vpc_id]);
+    assert_eq!(
+        ipv6_nets(
+            &described["Vpcs"][0],
+            "Ipv6CidrBlockAssociationSet",
+            "Ipv6CidrBlock"
+        ),
+        vec![v56]
+    );
+    let mut blocks = v56.subnets(64).unwrap();
+    let (b0, b1) = (blocks.next().unwrap(), blocks.next().unwrap());
+
+    let s1 = aws.ok(&[
+        "create-subnet",
+        "--vpc-id",
+        &vpc_id,
+        "--cidr-block",
+        "10.2.0.0/24",
+        "--ipv6-cidr-block",
+        &b0.to_string(),
+    ]);
+    let s1_id = s1["Subnet"]["SubnetId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ipv6_nets(
+            &s1["Subnet"],
+            "Ipv6CidrBlockAssociationSet",
+            "Ipv6CidrBlock"
+        ),
+        vec![b0]
+    );
+    // A second subnet gets its /64 afterwards; a /64 outside the VPC's /56 or taken is refused.
+    let s2 = aws.ok(&[
+        "create-subnet",
+        "--vpc-id",
+        &vpc_id,
+        "--cidr-block",
+        "10.2.1.0/24",
+    ]);
+    let s2_id = s2["Subnet"]["SubnetId"].as_str().unwrap().to_owned();
+    for bad in [b0.to_string(), "2001:db8::/64".to_owned()] {
+        assert!(
+            aws.run(&[
+                "associate-subnet-cidr-block",
+                "--subnet-id",
+                &s2_id,
+                "--ipv6-cidr-block",
+                &bad,
+            ])
+            .is_err(),
+            "{bad} associated"
+        );
+    }
+    aws.ok(&[
+        "associate-subnet-cidr-block",
+        "--subnet-id",
+        &s2_id,
+        "--ipv6-cidr-block",
+        &b1.to_string(),
+    ]);
+    let listed = aws.ok(&["describe-subnets", "--subnet-ids", &s2_id]);
+    assert_eq!(
+        ipv6_nets(
+            &listed["Subnets"][0],
+            "Ipv6CidrBlockAssociationSet",
+            "Ipv6CidrBlock"
+        ),
+        vec![b1]
+    );
+
+    let run = aws.ok(&[
+        "run-instances",
+        "--image-id",
+        "ami-12345678",
+        "--instance-type",
+        "m5.large",
+        "--count",
+        "1",
+        "--subnet-id",
+        &s1_id,
+    ]);
+    let eni = run["Instances"][0]["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // One /80, aligned inside the subnet's /64.
+    let got = aws.ok(&[
+        "assign-ipv6-addresses",
+        "--network-interface-id",
+        &eni,
+        "--ipv6-prefix-count",
+        "1",
+    ]);
+    let p80: Ipv6Net = got["AssignedIpv6Prefixes"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("{got}"))
+        .parse()
+        .unwrap();
+    assert_eq!(p80.prefix_len(), 80);
+    assert!(b0.contains(&p80) && p80 == p80.trunc(), "{p80} in {b0}");
+    // Count and list at once: EC2's error.
+    let e = aws
+        .run(&[
+            "assign-ipv6-addresses",
+            "--network-interface-id",
+            &eni,
+            "--ipv6-prefix-count",
+            "1",
+            "--ipv6-prefixes",
+            &p80.to_string(),
+        ])
+        .unwrap_err();
+    assert!(e.contains("InvalidParameterCombination"), "{e}");
+    // A single address: in the /64, not in the /80.
+    let got = aws.ok(&[
+        "assign-ipv6-addresses",
+        "--network-interface-id",
+        &eni,
+        "--ipv6-address-count",
+        "1",
+    ]);
+    let one: Ipv6Addr = got["AssignedIpv6Addresses"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("{got}"))
+        .parse()
+        .unwrap();
+    assert!(b0.contains(&one) && !p80.contains(&one), "{one}");
+    let described = aws.ok(&[
+        "describe-network-interfaces",
+        "--network-interface-ids",
+        &eni,
+    ]);
+    let e0 = &described["NetworkInterfaces"][0];
+    assert_eq!(ipv6_nets(e0, "Ipv6Prefixes", "Ipv6Prefix"), vec![p80]);
+    assert_eq!(
+        e0["Ipv6Addresses"][0]["Ipv6Address"].as_str(),
+        Some(one.to_string().as_str()),
+        "{e0}"
+    );
+    // m5.large: 10 IPv6 addresses per ENI, a /80 counting as one.
+    let e = aws
+        .run(&[
+            "assign-ipv6-addresses",
+            "--network-interface-id",
+            &eni,
+            "--ipv6-address-count",
+            "9",
+        ])
+        .unwrap_err();
+    assert!(
+        e.contains("InvalidParameterValue") && e.contains("limit"),
+        "{e}"
+    );
+
+    // Unassigned, the /80 leaves the listing and the same slot comes back.
+    let un = aws.ok(&[
+        "unassign-ipv6-addresses",
+        "--network-interface-id",
+        &eni,
+        "--ipv6-prefixes",
+        &p80.to_string(),
+    ]);
+    assert_eq!(
+        un["UnassignedIpv6Prefixes"][0].as_str(),
+        Some(p80.to_string().as_str()),
+        "{un}"
+    );
+    let described = aws.ok(&[
+        "describe-network-interfaces",
+        "--network-interface-ids",
+        &eni,
+    ]);
+    assert!(
+        ipv6_nets(
+            &described["NetworkInterfaces"][0],
+            "Ipv6Prefixes",
+            "Ipv6Prefix"
+        )
+        .is_empty()
+    );
+    let again = aws.ok(&[
+        "assign-ipv6-addresses",
+        "--network-interface-id",
+        &eni,
+        "--ipv6-prefix-count",
+        "1",
+    ]);
+    assert_eq!(
+        again["AssignedIpv6Prefixes"][0].as_str(),
+        Some(p80.to_string().as_str())
+    );
+
+    // Xen instances take no prefixes.
+    let xen = aws.ok(&[
+        "run-instances",
+        "--image-id",
+        "ami-12345678",
+        "--instance-type",
+        "t2.micro",
+        "--count",
+        "1",
+        "--subnet-id",
+        &s1_id,
+    ]);
+    let xen_eni = xen["Instances"][0]["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = aws
+        .run(&[
+            "assign-ipv6-addresses",
+            "--network-interface-id",
+            &xen_eni,
+            "--ipv6-prefix-count",
+            "1",
+        ])
+        .unwrap_err();
+    assert!(e.contains("Nitro"), "{e}");
+}

@@ -39,6 +39,9 @@ pub struct StatusView {
     pub checkpoint_error: Option<String>,
     /// The node's IPv6 /80 (ENABLE_IPv6), once the pool holds it.
     pub ipv6_prefix: Option<String>,
+    /// The EC2 endpoint accepted AssignIpv6Addresses with Ipv6PrefixCount=1 and assigned none
+    /// (LocalStack): IPv6 pods cannot be served.
+    pub ipv6_prefixes_unsupported: bool,
     /// Why the plugin socket does not accept connections (gone, or out of file descriptors).
     pub socket_error: Option<String>,
     /// The socket this agent serves.
@@ -88,6 +91,14 @@ impl Status {
             return Some(
                 "the EC2 endpoint cannot delegate prefixes (an Assign succeeded and assigned none); \
                  set SECONDARY_IP_FALLBACK=true or ENABLE_PREFIX_DELEGATION=false"
+                    .into(),
+            );
+        }
+        if s.ipv6_prefixes_unsupported {
+            return Some(
+                "the EC2 endpoint cannot delegate an IPv6 /80 (AssignIpv6Addresses with \
+                 Ipv6PrefixCount=1 succeeded and assigned none, as LocalStack does); IPv6 pods \
+                 need an endpoint that delegates IPv6 prefixes, or set ENABLE_IPv6=false"
                     .into(),
             );
         }

@@ -56,7 +56,7 @@ pub fn render(status: &Value, config: &Value, enis: &Value, ready: Result<(), St
         }
     ));
     out.push_str(&format!(
-        "mode {}{}{}\n",
+        "mode {}{}{}{}\n",
         status["mode"].as_str().unwrap_or("?"),
         if status["fallback_active"].as_bool() == Some(true) {
             ", FALLBACK to /32 secondary addresses"
@@ -65,6 +65,11 @@ pub fn render(status: &Value, config: &Value, enis: &Value, ready: Result<(), St
         },
         if status["prefixes_unsupported"].as_bool() == Some(true) {
             ", endpoint cannot delegate prefixes"
+        } else {
+            ""
+        },
+        if status["ipv6_prefixes_unsupported"].as_bool() == Some(true) {
+            ", endpoint cannot delegate an IPv6 /80"
         } else {
             ""
         },

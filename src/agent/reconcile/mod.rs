@@ -159,6 +159,8 @@ struct Growth {
     subnet_cooldown: HashMap<SubnetId, SubnetCooldown>,
     fallback_until: Option<Instant>,
     prefixes_unsupported: bool,
+    /// The endpoint assigned no /80 for an AssignIpv6Addresses that succeeded.
+    ipv6_unsupported: bool,
     /// When the current excess was first planned away (RELEASE_DELAY).
     release_since: Option<Instant>,
     next_sweep: Option<Instant>,
@@ -350,11 +352,20 @@ impl<E: Ec2> Looper<E> {
                 .await?
                 .first()
                 .copied();
+            // An Assign that succeeds and assigns nothing is an endpoint that cannot delegate
+            // (LocalStack): said once, plainly, and the node is not ready; asked again each pass.
+            if found.is_none() {
+                if !self.growth.ipv6_unsupported {
+                    tracing::error!(eni.id = %primary, "AssignIpv6Addresses with Ipv6PrefixCount=1 succeeded but assigned no /80: this EC2 endpoint cannot delegate IPv6 prefixes (LocalStack cannot); IPv6 pods cannot be served, not ready");
+                }
+                self.set_ipv6_unsupported(true);
+            }
         }
         let Some(prefix) = found else {
             tracing::warn!(eni.id = %primary, "no IPv6 /80 on the primary ENI yet");
             return Ok(());
         };
+        self.set_ipv6_unsupported(false);
         match self
             .ctx
             .pool
@@ -376,6 +387,14 @@ impl<E: Ec2> Looper<E> {
             Err(e) => tracing::error!(error = %e, "pool owner unavailable"),
         }
         Ok(())
+    }
+
+    fn set_ipv6_unsupported(&mut self, unsupported: bool) {
+        self.growth.ipv6_unsupported = unsupported;
+        self.ctx.metrics.ipv6_unsupported(unsupported);
+        self.ctx
+            .status
+            .update(|s| s.ipv6_prefixes_unsupported = unsupported);
     }
 
     fn mode(&self, now: Instant) -> Mode {
