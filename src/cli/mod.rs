@@ -146,17 +146,44 @@ pub fn env_help() -> String {
 }
 
 /// Logs to stderr: human-readable, or JSON with LOG_FORMAT=json; level from RUST_LOG
-/// (default `default_level`).
+/// (default `default_level`), as `LEVEL` or `TARGET=LEVEL` directives separated by commas.
+/// The filter is `tracing_subscriber`'s `Targets`, not its regex-backed `EnvFilter`: the agent
+/// is a DaemonSet on every node and its resident memory counts (the regex engine's tables were
+/// a megabyte of it). A RUST_LOG it cannot read is named on stderr and the default used.
 pub fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().try_init()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = || {
+        default_level
+            .parse::<tracing_subscriber::filter::Targets>()
+            .unwrap_or_else(|_| {
+                tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+            })
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
+            eprintln!(
+                "RUST_LOG={v:?} is not a list of LEVEL or TARGET=LEVEL directives ({e}); \
+                 logging at {default_level:?}"
+            );
+            default()
+        }),
+        _ => default(),
+    };
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json");
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
     } else {
-        builder.try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()
     };
 }
 

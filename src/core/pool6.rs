@@ -246,11 +246,22 @@ impl Pool6 {
                 other.address, alloc.address
             ));
         }
-        if let Some((k, _)) = self
-            .allocations
-            .iter()
-            .find(|(_, a)| a.address == alloc.address)
-        {
+        // In the /80 the busy set answers (an index busy and not cooling is held); outside it
+        // (stranded addresses, rare) the allocations are scanned. Replaying thousands of
+        // assigns stays O(n log n).
+        let held = match self.index(alloc.address) {
+            Some(i) => self.busy.contains(&i) && !self.cooling.contains_key(&alloc.address),
+            None => self
+                .allocations
+                .values()
+                .any(|a| a.address == alloc.address),
+        };
+        if held {
+            let k = self
+                .allocations
+                .iter()
+                .find(|(_, a)| a.address == alloc.address)
+                .map_or_else(|| "another key".to_owned(), |(k, _)| k.to_string());
             return Err(format!("{} is held by {k} and {key}", alloc.address));
         }
         self.cooling.remove(&alloc.address);

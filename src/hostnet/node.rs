@@ -1,6 +1,7 @@
 //! The node's side, as the agent keeps it: every ENI's link found by MAC and configured (MTU,
 //! up, its primary address, its routing table with the subnet's gateway, `from ENI-IP lookup
-//! TABLE` at 32765), the policy rules of every allocation (512, 1536), the mark rule (1024), the
+//! TABLE` at 32765), the policy rules of every allocation (512, 1536; IPv6 ones too), the host
+//! routes of pods and of their IPv4 egress interfaces, the mark rule (1024), the
 //! external service ranges (1535), and the SNAT table. [`Node::reconcile`] compares all of it
 //! with what the datastore says and repairs what differs — continuously, not only at start (the
 //! VPC CNI's #1856) — and names each repair.

@@ -10,7 +10,9 @@
 //! * on the node: `POD/32 dev HOSTVETH` in main, `to POD lookup main` (512), and for an address
 //!   on a secondary ENI `from POD lookup TABLE` (1536), so that its packets leave through that
 //!   ENI (EC2 drops them otherwise); for IPv6 `POD/128 dev HOSTVETH` and rule 512 (the /80 is
-//!   always the primary ENI's).
+//!   always the primary ENI's), and a permanent neighbour for the pod's /128 (no neighbour
+//!   discovery through a host end whose link-local address may still be tentative);
+//! * for an IPv6-only pod with ENABLE_V4_EGRESS, a second interface (see [`super::egress`]).
 //!
 //! Tearing down needs nothing but the names and the namespace: the address is read off the
 //! pod's interface (or given), so DEL works while the agent is down. It comes in two steps:

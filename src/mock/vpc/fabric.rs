@@ -620,3 +620,21 @@ impl Fabric {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_local_is_the_kernels_eui64() {
+        // The universal/local bit flipped, ff:fe in the middle (RFC 4291 appendix A).
+        assert_eq!(
+            link_local([0x02, 0, 0, 0, 0, 0x01]),
+            "fe80::ff:fe00:1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            link_local([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]),
+            "fe80::81b:2cff:fe3d:4e5f".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+}

@@ -13,6 +13,10 @@
 //! * A peer instance that answers ping and a TCP echo, and an internet namespace behind a
 //!   gateway that forwards only instances' primary addresses (an internet gateway), or
 //!   masquerades every source (a NAT gateway).
+//! * IPv6 where a subnet has a /64: the router is `fe80:ec2::1` on the port, routes each ENI's
+//!   /128s and /80s to the ENI's link-local address, and checks IPv6 sources per ENI too; an
+//!   instance's own IPv6 addresses sit on `eth0` with a default route via the router; the peer
+//!   has one, and the internet host answers on IPv6 through the gateway (no NAT, no check).
 //!
 //! Everything it makes is inside namespaces named with the run's prefix, so that removing them
 //! removes it all; a run that died is cleaned up by the next. Not emulated: security groups,
