@@ -11,6 +11,7 @@
 //! * [`agent`] — the node agent, assembled by its builder.
 //! * [`cni`] — the `prefixd-cni` plugin (core and ipc only).
 //! * [`metrics`] — the agent's Prometheus metrics.
+//! * [`report`] — the operators' reports, `prefixd capacity` and `prefixd ranges` (read-only).
 //! * [`cli`] — the `prefixd` subcommands, thin.
 //! * The test bench (cargo feature `testbench`, not in the node image): [`mock`] (the mock
 //!   EC2), [`sim`] (the fleet simulator), [`demo`].
@@ -29,5 +30,6 @@ pub mod ipc;
 pub mod metrics;
 #[cfg(feature = "testbench")]
 pub mod mock;
+pub mod report;
 #[cfg(feature = "testbench")]
 pub mod sim;

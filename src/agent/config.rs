@@ -341,6 +341,15 @@ impl AgentConfig {
         })
     }
 
+    /// The settings a policy's env vars give (`prefixd WARM_IP_TARGET=5`: the simulator's and
+    /// `prefixd capacity`'s policies), through [`TABLES`], their defaults and validation; the
+    /// process environment is not read.
+    pub fn from_pairs(
+        pairs: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        Values::from_pairs(pairs, TABLES, "agent").and_then(|v| Self::from_lookup(&v))
+    }
+
     /// The defaults, with `pairs` set (names from [`TABLES`]; others are refused).
     pub fn with<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,

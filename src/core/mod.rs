@@ -11,6 +11,7 @@ pub mod instance_types;
 pub mod inventory;
 pub mod journal;
 pub mod planner;
+pub mod policy;
 pub mod pool6;
 pub mod resync;
 pub mod rng;
@@ -18,6 +19,7 @@ pub mod settings;
 pub mod sha1;
 pub mod store;
 pub mod types;
+pub mod vpccni;
 pub mod wal;
 
 pub use checkpoint::{CheckpointError, LoadReport, Snapshot};

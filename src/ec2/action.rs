@@ -10,42 +10,68 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// An EC2 Query API action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
+    /// AcceptVpcPeeringConnection (the mock's set-up).
+    AcceptVpcPeeringConnection,
     /// AssignIpv6Addresses.
     AssignIpv6Addresses,
     /// AssignPrivateIpAddresses.
     AssignPrivateIpAddresses,
+    /// AssociateRouteTable (the mock's set-up).
+    AssociateRouteTable,
     /// AssociateSubnetCidrBlock (the mock's set-up).
     AssociateSubnetCidrBlock,
     /// AssociateVpcCidrBlock (the mock's set-up).
     AssociateVpcCidrBlock,
     /// AttachNetworkInterface.
     AttachNetworkInterface,
+    /// CreateManagedPrefixList (the mock's set-up).
+    CreateManagedPrefixList,
     /// CreateNetworkInterface.
     CreateNetworkInterface,
+    /// CreateRoute (the mock's set-up).
+    CreateRoute,
+    /// CreateRouteTable (the mock's set-up).
+    CreateRouteTable,
     /// CreateSubnet (the mock's set-up).
     CreateSubnet,
     /// CreateSubnetCidrReservation.
     CreateSubnetCidrReservation,
     /// CreateTags.
     CreateTags,
+    /// CreateTransitGateway (the mock's set-up).
+    CreateTransitGateway,
     /// CreateVpc (the mock's set-up).
     CreateVpc,
+    /// CreateVpcPeeringConnection (the mock's set-up).
+    CreateVpcPeeringConnection,
     /// DeleteNetworkInterface.
     DeleteNetworkInterface,
     /// DeleteSubnetCidrReservation.
     DeleteSubnetCidrReservation,
+    /// DeleteTransitGateway (the mock's set-up).
+    DeleteTransitGateway,
+    /// DeleteVpcPeeringConnection (the mock's set-up).
+    DeleteVpcPeeringConnection,
     /// DescribeInstanceTypes.
     DescribeInstanceTypes,
     /// DescribeInstances.
     DescribeInstances,
+    /// DescribeManagedPrefixLists.
+    DescribeManagedPrefixLists,
     /// DescribeNetworkInterfaces.
     DescribeNetworkInterfaces,
+    /// DescribeRouteTables.
+    DescribeRouteTables,
     /// DescribeSubnets.
     DescribeSubnets,
+    /// DescribeVpcPeeringConnections.
+    DescribeVpcPeeringConnections,
     /// DescribeVpcs.
     DescribeVpcs,
     /// DetachNetworkInterface.
     DetachNetworkInterface,
+    /// GetManagedPrefixListEntries.
+    GetManagedPrefixListEntries,
     /// GetSubnetCidrReservations.
     GetSubnetCidrReservations,
     /// ModifyNetworkInterfaceAttribute.
@@ -77,24 +103,37 @@ pub struct UnknownAction(pub String);
 impl Action {
     /// Every action, in name order.
     pub const ALL: &'static [Action] = &[
+        Self::AcceptVpcPeeringConnection,
         Self::AssignIpv6Addresses,
         Self::AssignPrivateIpAddresses,
+        Self::AssociateRouteTable,
         Self::AssociateSubnetCidrBlock,
         Self::AssociateVpcCidrBlock,
         Self::AttachNetworkInterface,
+        Self::CreateManagedPrefixList,
         Self::CreateNetworkInterface,
+        Self::CreateRoute,
+        Self::CreateRouteTable,
         Self::CreateSubnet,
         Self::CreateSubnetCidrReservation,
         Self::CreateTags,
+        Self::CreateTransitGateway,
         Self::CreateVpc,
+        Self::CreateVpcPeeringConnection,
         Self::DeleteNetworkInterface,
         Self::DeleteSubnetCidrReservation,
+        Self::DeleteTransitGateway,
+        Self::DeleteVpcPeeringConnection,
         Self::DescribeInstanceTypes,
         Self::DescribeInstances,
+        Self::DescribeManagedPrefixLists,
         Self::DescribeNetworkInterfaces,
+        Self::DescribeRouteTables,
         Self::DescribeSubnets,
+        Self::DescribeVpcPeeringConnections,
         Self::DescribeVpcs,
         Self::DetachNetworkInterface,
+        Self::GetManagedPrefixListEntries,
         Self::GetSubnetCidrReservations,
         Self::ModifyNetworkInterfaceAttribute,
         Self::RunInstances,
@@ -125,24 +164,37 @@ impl Action {
     /// The API name, e.g. `AssignPrivateIpAddresses`.
     pub fn name(self) -> &'static str {
         match self {
+            Self::AcceptVpcPeeringConnection => "AcceptVpcPeeringConnection",
             Self::AssignIpv6Addresses => "AssignIpv6Addresses",
             Self::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
+            Self::AssociateRouteTable => "AssociateRouteTable",
             Self::AssociateSubnetCidrBlock => "AssociateSubnetCidrBlock",
             Self::AssociateVpcCidrBlock => "AssociateVpcCidrBlock",
             Self::AttachNetworkInterface => "AttachNetworkInterface",
+            Self::CreateManagedPrefixList => "CreateManagedPrefixList",
             Self::CreateNetworkInterface => "CreateNetworkInterface",
+            Self::CreateRoute => "CreateRoute",
+            Self::CreateRouteTable => "CreateRouteTable",
             Self::CreateSubnet => "CreateSubnet",
             Self::CreateSubnetCidrReservation => "CreateSubnetCidrReservation",
             Self::CreateTags => "CreateTags",
+            Self::CreateTransitGateway => "CreateTransitGateway",
             Self::CreateVpc => "CreateVpc",
+            Self::CreateVpcPeeringConnection => "CreateVpcPeeringConnection",
             Self::DeleteNetworkInterface => "DeleteNetworkInterface",
             Self::DeleteSubnetCidrReservation => "DeleteSubnetCidrReservation",
+            Self::DeleteTransitGateway => "DeleteTransitGateway",
+            Self::DeleteVpcPeeringConnection => "DeleteVpcPeeringConnection",
             Self::DescribeInstanceTypes => "DescribeInstanceTypes",
             Self::DescribeInstances => "DescribeInstances",
+            Self::DescribeManagedPrefixLists => "DescribeManagedPrefixLists",
             Self::DescribeNetworkInterfaces => "DescribeNetworkInterfaces",
+            Self::DescribeRouteTables => "DescribeRouteTables",
             Self::DescribeSubnets => "DescribeSubnets",
+            Self::DescribeVpcPeeringConnections => "DescribeVpcPeeringConnections",
             Self::DescribeVpcs => "DescribeVpcs",
             Self::DetachNetworkInterface => "DetachNetworkInterface",
+            Self::GetManagedPrefixListEntries => "GetManagedPrefixListEntries",
             Self::GetSubnetCidrReservations => "GetSubnetCidrReservations",
             Self::ModifyNetworkInterfaceAttribute => "ModifyNetworkInterfaceAttribute",
             Self::RunInstances => "RunInstances",
@@ -159,9 +211,13 @@ impl Action {
             self,
             Self::DescribeInstanceTypes
                 | Self::DescribeInstances
+                | Self::DescribeManagedPrefixLists
                 | Self::DescribeNetworkInterfaces
+                | Self::DescribeRouteTables
                 | Self::DescribeSubnets
+                | Self::DescribeVpcPeeringConnections
                 | Self::DescribeVpcs
+                | Self::GetManagedPrefixListEntries
                 | Self::GetSubnetCidrReservations
         )
     }

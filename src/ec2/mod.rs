@@ -3,11 +3,14 @@
 //! The agent reaches EC2 only through [`Ec2`]. [`sdk::SdkEc2`] implements it with aws-sdk-ec2
 //! (the `aws` part of the crate); its errors are sorted into an [`ErrorClass`] in one place, so
 //! that no other code matches on error strings. [`Action`] names every call; [`limiter`] is the
-//! client-side token bucket on mutating calls, with its settings.
+//! client-side token bucket on mutating calls, with its settings. The reports read EC2 through
+//! their own read-only seam, [`read::Ec2Read`] ([`sdk_read::SdkRead`] over aws-sdk-ec2).
 
 pub mod action;
 pub mod limiter;
+pub mod read;
 pub mod sdk;
+pub mod sdk_read;
 
 use std::collections::BTreeMap;
 use std::future::Future;

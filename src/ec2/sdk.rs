@@ -51,7 +51,7 @@ pub struct SdkEc2 {
     metrics: Arc<Metrics>,
 }
 
-fn classify<E>(action: Action, e: SdkError<E, HttpResponse>) -> Ec2Error
+pub(super) fn classify<E>(action: Action, e: SdkError<E, HttpResponse>) -> Ec2Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -77,7 +77,7 @@ where
     }
 }
 
-fn bad_response(action: Action, what: &str) -> Ec2Error {
+pub(super) fn bad_response(action: Action, what: &str) -> Ec2Error {
     Ec2Error {
         action,
         class: ErrorClass::Fatal,
@@ -214,85 +214,99 @@ impl SdkEc2 {
     }
 }
 
-fn filter(name: &str, value: &str) -> Filter {
+/// The instance `id` of a DescribeInstances answer.
+pub(super) fn instance_info(
+    id: &InstanceId,
+    r: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput,
+) -> Result<InstanceInfo, Ec2Error> {
+    const A: Action = Action::DescribeInstances;
+    let inst = r
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .ok_or_else(|| bad_response(A, "instance"))?;
+    let primary = inst
+        .network_interfaces()
+        .iter()
+        .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+        .ok_or_else(|| bad_response(A, "primary network interface"))?;
+    Ok(InstanceInfo {
+        id: id.clone(),
+        instance_type: inst
+            .instance_type()
+            .map(|t| t.as_str().to_owned())
+            .ok_or_else(|| bad_response(A, "instance type"))?,
+        subnet: inst
+            .subnet_id()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad_response(A, "subnet id"))?,
+        vpc: inst.vpc_id().unwrap_or_default().to_owned(),
+        security_groups: primary
+            .groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_owned))
+            .collect(),
+        primary_eni: primary
+            .network_interface_id()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad_response(A, "primary ENI id"))?,
+    })
+}
+
+/// The first type's limits in a DescribeInstanceTypes answer.
+pub(super) fn type_limits(
+    r: &aws_sdk_ec2::operation::describe_instance_types::DescribeInstanceTypesOutput,
+) -> Result<TypeLimits, Ec2Error> {
+    const A: Action = Action::DescribeInstanceTypes;
+    let t = r
+        .instance_types()
+        .first()
+        .ok_or_else(|| bad_response(A, "instance type"))?;
+    let net = t
+        .network_info()
+        .ok_or_else(|| bad_response(A, "network info"))?;
+    Ok(TypeLimits {
+        max_enis: net
+            .maximum_network_interfaces()
+            .ok_or_else(|| bad_response(A, "MaximumNetworkInterfaces"))? as u32,
+        ipv4_per_eni: net
+            .ipv4_addresses_per_interface()
+            .ok_or_else(|| bad_response(A, "Ipv4AddressesPerInterface"))?
+            as u32,
+        supports_prefixes: t.bare_metal() == Some(true)
+            || t.hypervisor().is_some_and(|h| h.as_str() == "nitro"),
+        vcpus: t.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0) as u32,
+    })
+}
+
+pub(super) fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
 impl Ec2 for SdkEc2 {
     async fn describe_instance(&self, id: &InstanceId) -> Result<InstanceInfo, Ec2Error> {
-        const A: Action = Action::DescribeInstances;
         let r = self
-            .call(A, || {
+            .call(Action::DescribeInstances, || {
                 self.client
                     .describe_instances()
                     .instance_ids(id.as_str())
                     .send()
             })
             .await?;
-        let inst = r
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .next()
-            .ok_or_else(|| bad_response(A, "instance"))?;
-        let primary = inst
-            .network_interfaces()
-            .iter()
-            .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
-            .ok_or_else(|| bad_response(A, "primary network interface"))?;
-        Ok(InstanceInfo {
-            id: id.clone(),
-            instance_type: inst
-                .instance_type()
-                .map(|t| t.as_str().to_owned())
-                .ok_or_else(|| bad_response(A, "instance type"))?,
-            subnet: inst
-                .subnet_id()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad_response(A, "subnet id"))?,
-            vpc: inst.vpc_id().unwrap_or_default().to_owned(),
-            security_groups: primary
-                .groups()
-                .iter()
-                .filter_map(|g| g.group_id().map(str::to_owned))
-                .collect(),
-            primary_eni: primary
-                .network_interface_id()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad_response(A, "primary ENI id"))?,
-        })
+        instance_info(id, &r)
     }
 
     async fn describe_instance_type(&self, name: &str) -> Result<TypeLimits, Ec2Error> {
-        const A: Action = Action::DescribeInstanceTypes;
         let r = self
-            .call(A, || {
+            .call(Action::DescribeInstanceTypes, || {
                 self.client
                     .describe_instance_types()
                     .instance_types(InstanceType::from(name))
                     .send()
             })
             .await?;
-        let t = r
-            .instance_types()
-            .first()
-            .ok_or_else(|| bad_response(A, "instance type"))?;
-        let net = t
-            .network_info()
-            .ok_or_else(|| bad_response(A, "network info"))?;
-        Ok(TypeLimits {
-            max_enis: net
-                .maximum_network_interfaces()
-                .ok_or_else(|| bad_response(A, "MaximumNetworkInterfaces"))?
-                as u32,
-            ipv4_per_eni: net
-                .ipv4_addresses_per_interface()
-                .ok_or_else(|| bad_response(A, "Ipv4AddressesPerInterface"))?
-                as u32,
-            supports_prefixes: t.bare_metal() == Some(true)
-                || t.hypervisor().is_some_and(|h| h.as_str() == "nitro"),
-            vcpus: t.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0) as u32,
-        })
+        type_limits(&r)
     }
 
     async fn describe_subnets(&self, ids: &[SubnetId]) -> Result<Vec<SubnetInfo>, Ec2Error> {

@@ -101,6 +101,8 @@ pub struct Control {
     faults: HashMap<Action, Vec<FaultSpec>>,
     rates: HashMap<Action, ErrorRateSpec>,
     rng: XorShift64,
+    /// An IAM policy every call must be allowed by (none: everything is).
+    pub iam: Option<super::iam::Policy>,
     /// What happened.
     pub stats: Stats,
 }
@@ -116,6 +118,7 @@ impl Control {
             faults: HashMap::new(),
             rates: HashMap::new(),
             rng: XorShift64::new(seed ^ 0x5DEE_CE66_D1CE_4E5B),
+            iam: None,
             stats: Stats::default(),
         }
     }
@@ -182,6 +185,12 @@ impl Control {
         unfiltered: bool,
         now: Instant,
     ) -> Result<Duration, ApiError> {
+        // EC2 authorizes before it meters.
+        if let Some(p) = &self.iam
+            && !p.allows(action)
+        {
+            return Err(super::iam::Policy::refusal(action));
+        }
         if self.throttling {
             let spec = action.bucket(unfiltered);
             let scale = self.time_scale;

@@ -173,7 +173,7 @@ impl Ec2 for DirectEc2 {
                     format!("The vpc ID '{vpc}' does not exist"),
                 )
             })?;
-            Ok(vec![v.cidr])
+            Ok(v.cidrs().collect())
         })
         .await
     }

@@ -148,7 +148,7 @@ fn lookup(model: &Model, instance: &str, path: &str) -> Option<String> {
                 "ipv6s" => lines(&e.ipv6_addresses),
                 "subnet-ipv6-cidr-blocks" => subnet.ipv6.as_ref()?.1.net().to_string(),
                 "vpc-ipv6-cidr-blocks" => vpc.ipv6.as_ref()?.1.to_string(),
-                "vpc-ipv4-cidr-blocks" => vpc.cidr.to_string(),
+                "vpc-ipv4-cidr-blocks" => lines(&vpc.cidrs().collect::<Vec<_>>()),
                 _ => return None,
             }
         }

@@ -21,6 +21,7 @@ pub mod addr;
 pub mod addr6;
 pub mod control;
 pub mod direct;
+pub mod iam;
 pub mod imds;
 pub mod model;
 pub mod scenario;

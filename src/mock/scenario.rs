@@ -64,6 +64,10 @@ pub struct Scenario {
     /// The emulated VPC data plane's settings (used with `--dataplane`).
     #[serde(default)]
     pub dataplane: super::vpc::DataplaneSpec,
+    /// Other accounts: access key id → 12-digit account id. A request signed with one of these
+    /// keys acts in that account; any other key acts in the default account (123456789012).
+    #[serde(default)]
+    pub accounts: BTreeMap<String, String>,
 }
 
 fn default_region() -> String {
@@ -79,6 +83,12 @@ pub struct VpcSpec {
     pub name: Option<String>,
     /// Its CIDR, e.g. `10.0.0.0/16`.
     pub cidr: String,
+    /// Secondary IPv4 CIDRs (AssociateVpcCidrBlock).
+    #[serde(default)]
+    pub secondary_cidrs: Vec<String>,
+    /// The account that owns it (default: the default account).
+    #[serde(default)]
+    pub account: Option<String>,
     /// An Amazon-provided IPv6 /56 too (`AmazonProvidedIpv6CidrBlock`).
     #[serde(default)]
     pub ipv6: bool,
@@ -108,6 +118,24 @@ pub struct SubnetSpec {
     /// needs `ipv6`).
     #[serde(default)]
     pub ipv6: bool,
+    /// Unattached ENIs holding named addresses and prefixes (what other tenants of a subnet
+    /// hold: load balancers, endpoints, other clusters' nodes).
+    #[serde(default)]
+    pub enis: Vec<EniSpec>,
+}
+
+/// An ENI made with the subnet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EniSpec {
+    /// Its addresses: the first is its primary, the rest secondary.
+    pub addresses: Vec<String>,
+    /// Its /28 prefixes.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// A subnet CIDR reservation.
@@ -279,9 +307,26 @@ impl Scenario {
             if let Some(n) = &v.name {
                 tags.insert("Name".into(), n.clone());
             }
+            let owner = match &v.account {
+                Some(a) if a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()) => a.clone(),
+                Some(a) => {
+                    return Err(err(
+                        format!("vpcs[{i}].account"),
+                        format!("{a:?} is not a 12-digit account id"),
+                    ));
+                }
+                None => model.account.clone(),
+            };
             let vpc = model
-                .create_vpc(net, tags)
+                .create_vpc_for(&owner, net, tags)
                 .map_err(|e| err(format!("vpcs[{i}].cidr"), e.message))?;
+            for (k, c) in v.secondary_cidrs.iter().enumerate() {
+                let f = format!("vpcs[{i}].secondary_cidrs[{k}]");
+                let net = cidr(f.clone(), c)?;
+                model
+                    .associate_vpc_cidr(&vpc, net)
+                    .map_err(|e| err(f, e.message))?;
+            }
             if let Some(n) = &v.name {
                 names.insert(n.clone(), vpc.clone());
             }
@@ -321,6 +366,41 @@ impl Scenario {
                     model
                         .create_reservation(&subnet, net, kind, r.description.clone())
                         .map_err(|e| err(rf("cidr"), e.message))?;
+                }
+                for (k, e) in s.enis.iter().enumerate() {
+                    let ef = |x: &str| format!("vpcs[{i}].subnets[{j}].enis[{k}].{x}");
+                    let mut addrs = Vec::new();
+                    for a in &e.addresses {
+                        addrs.push(a.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                            err(ef("addresses"), format!("{a:?} is not an IPv4 address"))
+                        })?);
+                    }
+                    let Some((&primary, secondary)) = addrs.split_first() else {
+                        return Err(err(ef("addresses"), "give at least the primary".into()));
+                    };
+                    let req = super::model::IpRequest {
+                        ips: secondary.to_vec(),
+                        ..Default::default()
+                    };
+                    let eni = model
+                        .create_eni(
+                            &subnet,
+                            vec![],
+                            e.description.clone(),
+                            Some(primary),
+                            req,
+                            Tags::new(),
+                        )
+                        .map_err(|x| err(ef("addresses"), x.message))?;
+                    if !e.prefixes.is_empty() {
+                        let req = super::model::IpRequest {
+                            prefixes: e.prefixes.clone(),
+                            ..Default::default()
+                        };
+                        model
+                            .assign(&eni, req)
+                            .map_err(|x| err(ef("prefixes"), x.message))?;
+                    }
                 }
                 if s.fragment {
                     model.fragment_subnet(&subnet).expect("subnet exists");
@@ -436,6 +516,15 @@ impl Scenario {
             ),
             None => self.instances.first().map(|i| names[&i.name].clone()),
         };
+        for (k, a) in &self.accounts {
+            if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(
+                    format!("accounts.{k}"),
+                    format!("{a:?} is not a 12-digit account id"),
+                ));
+            }
+            model.access_keys.insert(k.clone(), a.clone());
+        }
         Ok(Built {
             model,
             control,

@@ -187,6 +187,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_mock/latency", post(admin_latency))
         .route("/_mock/imds", post(admin_imds))
         .route("/_mock/dataplane", get(admin_dataplane))
+        .route("/_mock/iam", post(admin_iam))
+        .route("/_mock/accounts", post(admin_accounts))
         .with_state(shared)
 }
 
@@ -200,7 +202,14 @@ fn xml(status: u16, body: String) -> Response {
         .into_response()
 }
 
-async fn ec2(State(s): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Response {
+/// The access key id a SigV4-signed request names (`Credential=AKID/date/region/…`).
+fn access_key(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let cred = auth.split_once("Credential=")?.1;
+    Some(cred.split('/').next()?.to_owned())
+}
+
+async fn ec2(State(s): State<Arc<Shared>>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
     let params = if body.is_empty() {
         Params::parse(uri.query().unwrap_or("").as_bytes())
     } else {
@@ -234,10 +243,12 @@ async fn ec2(State(s): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Response {
         ]
         .iter()
         .all(|k| params.get(k).is_none());
+    let key = access_key(&headers);
     let answer = s
         .account
         .call(action, unfiltered, |m, now_ms| {
-            actions::handle(m, action, &params, now_ms, &rid)
+            let caller = m.account_of_key(key.as_deref()).to_owned();
+            actions::handle(m, &caller, action, &params, now_ms, &rid)
         })
         .await;
     match answer {
@@ -447,6 +458,49 @@ async fn admin_latency(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     } else {
         return bad("give an action, or attach: true");
     }
+    Json(serde_json::json!({"ok": true})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IamReq {
+    /// An IAM policy document, or null to allow everything again.
+    policy: Option<serde_json::Value>,
+}
+
+async fn admin_iam(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let r: IamReq = match admin_body(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let policy = match r.policy.as_ref().map(super::iam::Policy::parse).transpose() {
+        Ok(p) => p,
+        Err(e) => return bad(e.to_string()),
+    };
+    s.account.with_control(|c| c.iam = policy);
+    Json(serde_json::json!({"ok": true})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountReq {
+    access_key: String,
+    account: String,
+}
+
+async fn admin_accounts(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let r: AccountReq = match admin_body(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    if r.account.len() != 12 || !r.account.bytes().all(|b| b.is_ascii_digit()) {
+        return bad("account must be a 12-digit AWS account id");
+    }
+    if r.access_key.is_empty() {
+        return bad("access_key must not be empty");
+    }
+    s.account
+        .with_model(|m| m.access_keys.insert(r.access_key, r.account));
     Json(serde_json::json!({"ok": true})).into_response()
 }
 

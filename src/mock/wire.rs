@@ -182,7 +182,8 @@ impl Filter {
     }
 }
 
-fn glob(pat: &str, s: &str) -> bool {
+/// EC2's filter wildcards: `*` any run, `?` one character.
+pub(crate) fn glob(pat: &str, s: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pat.chars().collect(), s.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {

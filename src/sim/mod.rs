@@ -27,8 +27,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::agent::config::{self, AgentConfig};
-use crate::core::settings::Values;
+use crate::agent::config::AgentConfig;
 use crate::core::{InstanceId, UnixMillis};
 use crate::ec2::Action;
 use crate::mock::Account;
@@ -72,12 +71,10 @@ const SIM_EPOCH: UnixMillis = UnixMillis(1_767_225_600_000);
 /// The agent settings a policy's env vars give, through the agent's own tables, defaults and
 /// validation (the process environment is not read).
 pub fn agent_config(policy: &PolicySpec) -> Result<AgentConfig, SimError> {
-    Values::from_pairs(&policy.env, config::TABLES, "agent")
-        .and_then(|v| AgentConfig::from_lookup(&v))
-        .map_err(|e| SimError::Policy {
-            policy: policy.label(),
-            why: e.to_string(),
-        })
+    AgentConfig::from_pairs(&policy.env).map_err(|e| SimError::Policy {
+        policy: policy.label(),
+        why: e.to_string(),
+    })
 }
 
 /// Runs every policy of `profile`.

@@ -106,6 +106,7 @@ pub(super) fn eni_xml(x: &mut Xml, e: &Eni, account: &str, now_ms: u64) {
 
 pub(super) fn describe(
     model: &Model,
+    caller: &str,
     p: &Params,
     x: &mut Xml,
     now_ms: u64,
@@ -116,14 +117,16 @@ pub(super) fn describe(
     }
     let (page, next) = select(
         p,
-        model.enis.values(),
+        model
+            .enis
+            .values()
+            .filter(|e| model.owner_of(&e.vpc) == caller),
         &ids,
         |e| &e.id,
         |e| eni_field(e, now_ms),
     )?;
-    let account = &model.account;
     x.set("networkInterfaceSet", page, |x, e| {
-        eni_xml(x, e, account, now_ms)
+        eni_xml(x, e, caller, now_ms)
     });
     next_token(x, next);
     Ok(())

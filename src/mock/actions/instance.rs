@@ -67,6 +67,7 @@ fn instance_xml(x: &mut Xml, i: &Instance, model: &Model, now_ms: u64) {
 
 pub(super) fn describe(
     model: &Model,
+    caller: &str,
     p: &Params,
     x: &mut Xml,
     now_ms: u64,
@@ -77,14 +78,17 @@ pub(super) fn describe(
     })?;
     let (page, next) = select(
         p,
-        model.instances.values(),
+        model
+            .instances
+            .values()
+            .filter(|i| model.owner_of(&i.vpc) == caller),
         &ids,
         |i| &i.id,
         |i| instance_field(i, model),
     )?;
     x.set("reservationSet", page, |x, i| {
         x.leaf("reservationId", format!("r-{}", &i.id[2..]))
-            .leaf("ownerId", &model.account)
+            .leaf("ownerId", caller)
             .open("groupSet")
             .close("groupSet");
         x.set("instancesSet", [i], |x, i| {
@@ -169,7 +173,8 @@ pub(super) fn describe_types(p: &Params, x: &mut Xml) -> Result<(), ApiError> {
             out.push(t);
         }
     }
-    let (page, next) = paginate(p, out, false)?;
+    // DescribeInstanceTypes pages 5 to 100 (EC2's service model: DITMaxResults).
+    let (page, next) = paginate(p, out, false, (5, 100))?;
     x.set("instanceTypeSet", page, |x, t| {
         x.leaf("instanceType", &t.name)
             .leaf("currentGeneration", true)

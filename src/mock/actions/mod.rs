@@ -1,10 +1,12 @@
 //! The EC2 Query API the mock answers: parameters in (as the EC2 API reference names them),
 //! model calls, XML out (element names as in EC2's service model). One file per part of the
-//! model: [`eni`], [`instance`], [`network`]; shared parameter, filter and paging helpers here.
+//! model: [`eni`], [`instance`], [`network`], [`routing`]; shared parameter, filter and paging
+//! helpers here. Every call is made by an account (`caller`, from the request's access key).
 
 mod eni;
 mod instance;
 mod network;
+mod routing;
 
 use std::time::SystemTime;
 
@@ -43,11 +45,26 @@ pub const ACTIONS: &[Action] = &[
     Action::CreateSubnet,
     Action::RunInstances,
     Action::TerminateInstances,
+    Action::CreateVpcPeeringConnection,
+    Action::AcceptVpcPeeringConnection,
+    Action::DeleteVpcPeeringConnection,
+    Action::DescribeVpcPeeringConnections,
+    Action::CreateRouteTable,
+    Action::AssociateRouteTable,
+    Action::CreateRoute,
+    Action::DescribeRouteTables,
+    Action::CreateManagedPrefixList,
+    Action::DescribeManagedPrefixLists,
+    Action::GetManagedPrefixListEntries,
+    Action::CreateTransitGateway,
+    Action::DeleteTransitGateway,
 ];
 
-/// Answers one request. `now_ms` is the mock's clock (for attachment states).
+/// Answers one request of `caller` (an account id). `now_ms` is the mock's clock (for
+/// attachment states).
 pub fn handle(
     model: &mut Model,
+    caller: &str,
     action: Action,
     p: &Params,
     now_ms: u64,
@@ -55,12 +72,13 @@ pub fn handle(
 ) -> Result<String, ApiError> {
     let name = action.name();
     let mut x = Xml::response(name, request_id);
+    let c = caller;
     match action {
-        Action::DescribeInstances => instance::describe(model, p, &mut x, now_ms)?,
+        Action::DescribeInstances => instance::describe(model, c, p, &mut x, now_ms)?,
         Action::DescribeInstanceTypes => instance::describe_types(p, &mut x)?,
         Action::RunInstances => instance::run(model, p, &mut x, now_ms)?,
         Action::TerminateInstances => instance::terminate(model, p, &mut x)?,
-        Action::DescribeNetworkInterfaces => eni::describe(model, p, &mut x, now_ms)?,
+        Action::DescribeNetworkInterfaces => eni::describe(model, c, p, &mut x, now_ms)?,
         Action::CreateNetworkInterface => eni::create(model, p, &mut x, now_ms)?,
         Action::AttachNetworkInterface => eni::attach(model, p, &mut x, now_ms)?,
         Action::DetachNetworkInterface => eni::detach(model, p, &mut x)?,
@@ -70,7 +88,7 @@ pub fn handle(
         Action::UnassignPrivateIpAddresses => eni::unassign(model, p, &mut x)?,
         Action::AssignIpv6Addresses => eni::assign_ipv6(model, p, &mut x)?,
         Action::UnassignIpv6Addresses => eni::unassign_ipv6(model, p, &mut x)?,
-        Action::AssociateVpcCidrBlock => network::associate_vpc_cidr(model, p, &mut x)?,
+        Action::AssociateVpcCidrBlock => network::associate_vpc_cidr(model, c, p, &mut x)?,
         Action::AssociateSubnetCidrBlock => network::associate_subnet_cidr(model, p, &mut x)?,
         Action::CreateTags => {
             let resources = p.list("ResourceId");
@@ -80,13 +98,26 @@ pub fn handle(
             model.create_tags(&resources, &p.tags()?)?;
             x.leaf("return", true);
         }
-        Action::DescribeSubnets => network::describe_subnets(model, p, &mut x)?,
-        Action::DescribeVpcs => network::describe_vpcs(model, p, &mut x)?,
-        Action::CreateVpc => network::create_vpc(model, p, &mut x)?,
-        Action::CreateSubnet => network::create_subnet(model, p, &mut x)?,
+        Action::DescribeSubnets => network::describe_subnets(model, c, p, &mut x)?,
+        Action::DescribeVpcs => network::describe_vpcs(model, c, p, &mut x)?,
+        Action::CreateVpc => network::create_vpc(model, c, p, &mut x)?,
+        Action::CreateSubnet => network::create_subnet(model, c, p, &mut x)?,
         Action::CreateSubnetCidrReservation => network::create_reservation(model, p, &mut x)?,
-        Action::GetSubnetCidrReservations => network::get_reservations(model, p, &mut x)?,
+        Action::GetSubnetCidrReservations => network::get_reservations(model, c, p, &mut x)?,
         Action::DeleteSubnetCidrReservation => network::delete_reservation(model, p, &mut x)?,
+        Action::CreateVpcPeeringConnection => routing::create_peering(model, c, p, &mut x)?,
+        Action::AcceptVpcPeeringConnection => routing::accept_peering(model, c, p, &mut x)?,
+        Action::DeleteVpcPeeringConnection => routing::delete_peering(model, c, p, &mut x)?,
+        Action::DescribeVpcPeeringConnections => routing::describe_peerings(model, c, p, &mut x)?,
+        Action::CreateRouteTable => routing::create_route_table(model, c, p, &mut x)?,
+        Action::AssociateRouteTable => routing::associate_route_table(model, c, p, &mut x)?,
+        Action::CreateRoute => routing::create_route(model, c, p, &mut x)?,
+        Action::DescribeRouteTables => routing::describe_route_tables(model, c, p, &mut x)?,
+        Action::CreateManagedPrefixList => routing::create_prefix_list(model, c, p, &mut x)?,
+        Action::DescribeManagedPrefixLists => routing::describe_prefix_lists(model, c, p, &mut x)?,
+        Action::GetManagedPrefixListEntries => routing::prefix_list_entries(model, c, p, &mut x)?,
+        Action::CreateTransitGateway => routing::create_transit_gateway(model, c, p, &mut x)?,
+        Action::DeleteTransitGateway => routing::delete_transit_gateway(model, c, p, &mut x)?,
     }
     Ok(x.finish(name))
 }
@@ -163,11 +194,12 @@ fn one(s: impl ToString) -> Option<Vec<String>> {
     Some(vec![s.to_string()])
 }
 
-/// Applies MaxResults / NextToken to `items`.
+/// Applies MaxResults (within the action's `(min, max)`) / NextToken to `items`.
 fn paginate<T>(
     p: &Params,
     mut items: Vec<T>,
     ids_given: bool,
+    (lo, hi): (u32, u32),
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
     let max = p.int("MaxResults")?;
     if ids_given && max.is_some() {
@@ -189,11 +221,11 @@ fn paginate<T>(
     let Some(max) = max else {
         return Ok((items.split_off(start), None));
     };
-    if !(5..=1000).contains(&max) {
+    if !(lo..=hi).contains(&max) {
         return Err(ApiError::client(
             "InvalidParameterValue",
             format!(
-                "Value ({max}) for parameter MaxResults is invalid. Expected a value from 5 to 1000."
+                "Value ({max}) for parameter MaxResults is invalid. Expected a value from {lo} to {hi}."
             ),
         ));
     }
@@ -213,6 +245,18 @@ fn select<'a, T: 'a>(
     id_of: impl Fn(&T) -> &str,
     fields: impl Fn(&'a T) -> Box<FieldFn<'a>>,
 ) -> Result<(Vec<&'a T>, Option<String>), ApiError> {
+    select_in(p, items, ids, id_of, fields, (5, 1000))
+}
+
+/// [`select`] for an action whose MaxResults range is `range`.
+fn select_in<'a, T: 'a>(
+    p: &Params,
+    items: impl Iterator<Item = &'a T>,
+    ids: &[String],
+    id_of: impl Fn(&T) -> &str,
+    fields: impl Fn(&'a T) -> Box<FieldFn<'a>>,
+    range: (u32, u32),
+) -> Result<(Vec<&'a T>, Option<String>), ApiError> {
     let filters = p.filters()?;
     let mut out = Vec::new();
     for item in items {
@@ -223,7 +267,7 @@ fn select<'a, T: 'a>(
             out.push(item);
         }
     }
-    paginate(p, out, !ids.is_empty())
+    paginate(p, out, !ids.is_empty(), range)
 }
 
 /// `<nextToken>` when there is another page.

@@ -4,7 +4,7 @@
 use super::{
     FieldFn, check_known, cidr_param, matches_all, next_token, one, select, tag_field, tags_xml,
 };
-use ipnet::Ipv6Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::mock::ApiError;
 use crate::mock::addr::ReservationKind;
@@ -36,14 +36,30 @@ fn subnet_xml(x: &mut Xml, s: &Subnet, account: &str, region: &str) {
     tags_xml(x, &s.tags);
 }
 
-pub(super) fn describe_subnets(model: &Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
+fn own_subnet(model: &Model, caller: &str, id: &str) -> bool {
+    model
+        .subnets
+        .get(id)
+        .is_some_and(|s| model.owner_of(&s.vpc) == caller)
+}
+
+pub(super) fn describe_subnets(
+    model: &Model,
+    caller: &str,
+    p: &Params,
+    x: &mut Xml,
+) -> Result<(), ApiError> {
     let ids = p.list("SubnetId");
     check_known(&ids, "subnet-", "InvalidSubnetID", "subnet", |id| {
-        model.subnets.contains_key(id)
+        own_subnet(model, caller, id)
     })?;
-    let (page, next) = select(p, model.subnets.values(), &ids, |s| &s.id, subnet_field)?;
-    let (account, region) = (&model.account, &model.region);
-    x.set("subnetSet", page, |x, s| subnet_xml(x, s, account, region));
+    let visible = model
+        .subnets
+        .values()
+        .filter(|s| model.owner_of(&s.vpc) == caller);
+    let (page, next) = select(p, visible, &ids, |s| &s.id, subnet_field)?;
+    let region = &model.region;
+    x.set("subnetSet", page, |x, s| subnet_xml(x, s, caller, region));
     next_token(x, next);
     Ok(())
 }
@@ -100,20 +116,18 @@ fn reservation_xml(x: &mut Xml, r: &CidrReservation, account: &str) {
         .leaf("description", &r.description);
 }
 
-fn vpc_xml(x: &mut Xml, v: &Vpc, account: &str, region: &str) {
+fn vpc_xml(x: &mut Xml, v: &Vpc, region: &str) {
     x.leaf("vpcId", &v.id)
-        .leaf("ownerId", account)
+        .leaf("ownerId", &v.owner)
         .leaf("state", "available")
         .leaf("cidrBlock", v.cidr)
         .leaf("dhcpOptionsId", "dopt-00000000")
         .leaf("instanceTenancy", "default")
         .leaf("isDefault", false);
-    x.set("cidrBlockAssociationSet", [v], |x, v| {
-        x.leaf("associationId", format!("vpc-cidr-assoc-{}", &v.id[4..]))
-            .leaf("cidrBlock", v.cidr);
-        x.node("cidrBlockState", |x| {
-            x.leaf("state", "associated");
-        });
+    let primary = (format!("vpc-cidr-assoc-{}", &v.id[4..]), v.cidr);
+    let all = std::iter::once(&primary).chain(v.secondary_cidrs.iter());
+    x.set("cidrBlockAssociationSet", all, |x, (id, cidr)| {
+        vpc_cidr_xml(x, id, *cidr, "associated");
     });
     x.set(
         "ipv6CidrBlockAssociationSet",
@@ -125,6 +139,13 @@ fn vpc_xml(x: &mut Xml, v: &Vpc, account: &str, region: &str) {
     tags_xml(x, &v.tags);
 }
 
+fn vpc_cidr_xml(x: &mut Xml, id: &str, cidr: Ipv4Net, state: &str) {
+    x.leaf("associationId", id).leaf("cidrBlock", cidr);
+    x.node("cidrBlockState", |x| {
+        x.leaf("state", state);
+    });
+}
+
 fn vpc_field(v: &Vpc) -> Box<FieldFn<'_>> {
     Box::new(move |name: &str| {
         if let Some(t) = tag_field(&v.tags, name) {
@@ -132,36 +153,48 @@ fn vpc_field(v: &Vpc) -> Box<FieldFn<'_>> {
         }
         match name {
             "vpc-id" => one(&v.id),
-            "cidr" | "cidr-block-association.cidr-block" => one(v.cidr),
+            "owner-id" => one(&v.owner),
+            "cidr" => one(v.cidr),
+            "cidr-block-association.cidr-block" => Some(v.cidrs().map(|c| c.to_string()).collect()),
             "state" => one("available"),
             _ => None,
         }
     })
 }
 
-pub(super) fn describe_vpcs(model: &Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
+pub(super) fn describe_vpcs(
+    model: &Model,
+    caller: &str,
+    p: &Params,
+    x: &mut Xml,
+) -> Result<(), ApiError> {
     let ids = p.list("VpcId");
     check_known(&ids, "vpc-", "InvalidVpcID", "vpc", |id| {
-        model.vpcs.contains_key(id)
+        model.vpcs.get(id).is_some_and(|v| v.owner == caller)
     })?;
-    let (page, next) = select(p, model.vpcs.values(), &ids, |v| &v.id, vpc_field)?;
-    let (account, region) = (&model.account, &model.region);
-    x.set("vpcSet", page, |x, v| vpc_xml(x, v, account, region));
+    let visible = model.vpcs.values().filter(|v| v.owner == caller);
+    let (page, next) = select(p, visible, &ids, |v| &v.id, vpc_field)?;
+    let region = &model.region;
+    x.set("vpcSet", page, |x, v| vpc_xml(x, v, region));
     next_token(x, next);
     Ok(())
 }
 
-pub(super) fn create_vpc(model: &mut Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
+pub(super) fn create_vpc(
+    model: &mut Model,
+    caller: &str,
+    p: &Params,
+    x: &mut Xml,
+) -> Result<(), ApiError> {
     let cidr = cidr_param(p, "CidrBlock")?;
     let tags = p.tag_specs("vpc")?;
     let ipv6 = p.bool("AmazonProvidedIpv6CidrBlock")?.unwrap_or(false);
-    let id = model.create_vpc(cidr, tags)?;
+    let id = model.create_vpc_for(caller, cidr, tags)?;
     if ipv6 {
         model.associate_vpc_ipv6(&id)?;
     }
     let v = &model.vpcs[&id];
-    let (account, region) = (&model.account, &model.region);
-    x.node("vpc", |x| vpc_xml(x, v, account, region));
+    x.node("vpc", |x| vpc_xml(x, v, &model.region));
     Ok(())
 }
 
@@ -182,15 +215,30 @@ fn ipv6_cidr_param(p: &Params, name: &str) -> Result<Option<Ipv6Net>, ApiError> 
 
 pub(super) fn associate_vpc_cidr(
     model: &mut Model,
+    caller: &str,
     p: &Params,
     x: &mut Xml,
 ) -> Result<(), ApiError> {
     let vpc = p.required("VpcId")?;
-    if p.bool("AmazonProvidedIpv6CidrBlock")? != Some(true) {
-        return Err(ApiError::client(
-            "InvalidParameterCombination",
-            "The mock associates Amazon-provided IPv6 blocks only: set AmazonProvidedIpv6CidrBlock=true.",
-        ));
+    model.own_vpc(vpc, caller)?;
+    let ipv6 = p.bool("AmazonProvidedIpv6CidrBlock")? == Some(true);
+    match (p.get("CidrBlock"), ipv6) {
+        (Some(_), false) => {
+            let cidr = cidr_param(p, "CidrBlock")?;
+            let assoc = model.associate_vpc_cidr(vpc, cidr)?;
+            x.node("cidrBlockAssociation", |x| {
+                vpc_cidr_xml(x, &assoc, cidr.trunc(), "associating");
+            });
+            x.leaf("vpcId", vpc);
+            return Ok(());
+        }
+        (None, true) => {}
+        _ => {
+            return Err(ApiError::client(
+                "InvalidParameterCombination",
+                "Give one of CidrBlock (a secondary IPv4 block) or AmazonProvidedIpv6CidrBlock=true.",
+            ));
+        }
     }
     let (assoc, net) = model.associate_vpc_ipv6(vpc)?;
     let region = model.region.clone();
@@ -217,8 +265,14 @@ pub(super) fn associate_subnet_cidr(
     Ok(())
 }
 
-pub(super) fn create_subnet(model: &mut Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
+pub(super) fn create_subnet(
+    model: &mut Model,
+    caller: &str,
+    p: &Params,
+    x: &mut Xml,
+) -> Result<(), ApiError> {
     let vpc = p.required("VpcId")?;
+    model.own_vpc(vpc, caller)?;
     let cidr = cidr_param(p, "CidrBlock")?;
     let ipv6 = ipv6_cidr_param(p, "Ipv6CidrBlock")?;
     let id = model.create_subnet(
@@ -235,8 +289,7 @@ pub(super) fn create_subnet(model: &mut Model, p: &Params, x: &mut Xml) -> Resul
         return Err(e);
     }
     let s = model.subnets[&id].clone();
-    let (account, region) = (model.account.clone(), model.region.clone());
-    x.node("subnet", |x| subnet_xml(x, &s, &account, &region));
+    x.node("subnet", |x| subnet_xml(x, &s, caller, &model.region));
     Ok(())
 }
 
@@ -268,14 +321,19 @@ pub(super) fn create_reservation(
     Ok(())
 }
 
-pub(super) fn get_reservations(model: &Model, p: &Params, x: &mut Xml) -> Result<(), ApiError> {
+pub(super) fn get_reservations(
+    model: &Model,
+    caller: &str,
+    p: &Params,
+    x: &mut Xml,
+) -> Result<(), ApiError> {
     let subnet = p.required("SubnetId")?.to_owned();
     check_known(
         std::slice::from_ref(&subnet),
         "subnet-",
         "InvalidSubnetID",
         "subnet",
-        |id| model.subnets.contains_key(id),
+        |id| own_subnet(model, caller, id),
     )?;
     let filters = p.filters()?;
     let mut rs: Vec<&CidrReservation> = Vec::new();
@@ -284,12 +342,13 @@ pub(super) fn get_reservations(model: &Model, p: &Params, x: &mut Xml) -> Result
             rs.push(r);
         }
     }
-    let account = model.account.clone();
-    x.set("subnetIpv4CidrReservationSet", rs, |x, r| {
-        reservation_xml(x, r, &account)
+    let (page, next) = super::paginate(p, rs, false, (5, 1000))?;
+    x.set("subnetIpv4CidrReservationSet", page, |x, r| {
+        reservation_xml(x, r, caller)
     });
     x.open("subnetIpv6CidrReservationSet")
         .close("subnetIpv6CidrReservationSet");
+    next_token(x, next);
     Ok(())
 }
 

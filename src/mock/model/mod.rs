@@ -3,13 +3,21 @@
 //! `now_ms`, the mock's own (scalable) time.
 //!
 //! The state is split by what it models: [`network`] (VPCs, subnets, reservations),
-//! [`instance`] (instances), [`eni`] (ENIs, attachments and their addresses). The
+//! [`instance`] (instances), [`eni`] (ENIs, attachments and their addresses), [`routing`]
+//! (peering connections, route tables, prefix lists, transit gateways).
+//!
+//! One model holds several accounts of one region: every VPC has an owner, and what hangs off
+//! a VPC (subnets, ENIs, instances, route tables) is its owner's. Describe calls show a caller
+//! its own resources (and peering connections it is a side of); the network actions refuse
+//! another account's ids as EC2 does, with NotFound. The ENI and instance actions do not check
+//! the caller: the agent and simulator run in the default account. The
 //! [`super::account::Account`] that owns a model tells followers (the emulated VPC data plane)
 //! when it changed.
 
 mod eni;
 mod instance;
 mod network;
+mod routing;
 
 use std::collections::BTreeMap;
 
@@ -18,7 +26,11 @@ use std::net::Ipv4Addr;
 
 pub use eni::{Attachment, Eni, Ipv6Request};
 pub use instance::Instance;
-pub use network::{CidrReservation, Subnet, Vpc};
+pub use network::{CidrReservation, MAX_VPC_CIDRS, Subnet, Vpc};
+pub use routing::{
+    MAX_PREFIX_LIST_ENTRIES, Peering, PeeringSide, PeeringState, PrefixList, Route, RouteDest,
+    RouteTable, RouteTarget, TransitGateway,
+};
 
 use super::ApiError;
 use super::addr::AddressSpace;
@@ -74,6 +86,16 @@ pub struct Model {
     pub instances: BTreeMap<String, Instance>,
     /// ENIs by id.
     pub enis: BTreeMap<String, Eni>,
+    /// VPC peering connections by id.
+    pub peerings: BTreeMap<String, Peering>,
+    /// Route tables by id.
+    pub route_tables: BTreeMap<String, RouteTable>,
+    /// Customer-managed prefix lists by id.
+    pub prefix_lists: BTreeMap<String, PrefixList>,
+    /// Transit gateways by id.
+    pub transit_gateways: BTreeMap<String, TransitGateway>,
+    /// Access key id → account id for callers of other accounts than [`Model::account`].
+    pub access_keys: BTreeMap<String, String>,
     /// How long a new attachment stays `attaching`, in mock ms.
     pub attach_delay_ms: u64,
 }
@@ -95,6 +117,14 @@ pub fn check_id(id: &str, prefix: &str, code: &str) -> Result<(), ApiError> {
 }
 
 impl Model {
+    /// The account of a caller that signed with `access_key` (the default account for a key
+    /// not in [`Model::access_keys`]).
+    pub fn account_of_key(&self, access_key: Option<&str>) -> &str {
+        access_key
+            .and_then(|k| self.access_keys.get(k))
+            .unwrap_or(&self.account)
+    }
+
     /// An empty account.
     pub fn new(region: impl Into<String>) -> Self {
         Self {
@@ -106,6 +136,11 @@ impl Model {
             reservations: BTreeMap::new(),
             instances: BTreeMap::new(),
             enis: BTreeMap::new(),
+            peerings: BTreeMap::new(),
+            route_tables: BTreeMap::new(),
+            prefix_lists: BTreeMap::new(),
+            transit_gateways: BTreeMap::new(),
+            access_keys: BTreeMap::new(),
             attach_delay_ms: 0,
         }
     }
@@ -146,7 +181,16 @@ impl Model {
                 self.instance(r)?;
             } else if r.starts_with("subnet-") {
                 self.subnet(r)?;
-            } else if !(r.starts_with("vpc-") && self.vpcs.contains_key(r)) {
+            } else if r.starts_with("rtb-") && !self.route_tables.contains_key(r) {
+                return Err(not_found("InvalidRouteTableID.NotFound", "routeTable", r));
+            } else if r.starts_with("pcx-") && !self.peerings.contains_key(r) {
+                return Err(ApiError::client(
+                    "InvalidVpcPeeringConnectionID.NotFound",
+                    format!("The vpcPeeringConnection ID '{r}' does not exist"),
+                ));
+            } else if !["vpc-", "rtb-", "pcx-"].iter().any(|p| r.starts_with(p))
+                || (r.starts_with("vpc-") && !self.vpcs.contains_key(r))
+            {
                 return Err(ApiError::client(
                     "InvalidID",
                     format!("The ID '{r}' is not valid"),
@@ -160,6 +204,10 @@ impl Model {
                 &mut i.tags
             } else if let Some(s) = self.subnets.get_mut(r) {
                 &mut s.tags
+            } else if let Some(t) = self.route_tables.get_mut(r) {
+                &mut t.tags
+            } else if let Some(p) = self.peerings.get_mut(r) {
+                &mut p.tags
             } else {
                 &mut self.vpcs.get_mut(r).expect("checked").tags
             };

@@ -12,14 +12,41 @@ use crate::mock::addr6::Ipv6Space;
 pub struct Vpc {
     /// vpc-…
     pub id: String,
-    /// Its CIDR.
+    /// The account that owns it.
+    pub owner: String,
+    /// Its primary CIDR.
     pub cidr: Ipv4Net,
+    /// Secondary IPv4 CIDRs (AssociateVpcCidrBlock), with their association ids.
+    pub secondary_cidrs: Vec<(String, Ipv4Net)>,
     /// Its default security group.
     pub default_sg: String,
     /// Its Amazon-provided IPv6 /56, with the association id.
     pub ipv6: Option<(String, Ipv6Net)>,
     /// Tags.
     pub tags: Tags,
+}
+
+impl Vpc {
+    /// Every IPv4 CIDR of the VPC, the primary first.
+    pub fn cidrs(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        std::iter::once(self.cidr).chain(self.secondary_cidrs.iter().map(|(_, c)| *c))
+    }
+}
+
+/// At most this many IPv4 CIDRs per VPC (EC2's default quota, the primary included).
+pub const MAX_VPC_CIDRS: usize = 5;
+
+/// The RFC 1918 ranges: a VPC's secondary CIDR may not come from another one than its
+/// primary's (EC2's association restrictions).
+const RFC1918: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+/// Ranges no VPC may use.
+const NEVER: [&str; 4] = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"];
+
+fn rfc1918_of(net: &Ipv4Net) -> Option<Ipv4Net> {
+    RFC1918
+        .iter()
+        .map(|r| r.parse::<Ipv4Net>().expect("valid"))
+        .find(|r| r.contains(net))
 }
 
 /// A subnet.
@@ -54,24 +81,72 @@ pub struct CidrReservation {
     pub description: String,
 }
 
+fn check_vpc_range(cidr: &Ipv4Net) -> Result<(), ApiError> {
+    if !(16..=28).contains(&cidr.prefix_len()) {
+        return Err(ApiError::client(
+            "InvalidVpc.Range",
+            format!("The CIDR '{cidr}' is invalid: a VPC CIDR is a /16 to a /28."),
+        ));
+    }
+    if let Some(r) = NEVER
+        .iter()
+        .map(|r| r.parse::<Ipv4Net>().expect("valid"))
+        .find(|r| r.contains(cidr) || cidr.contains(r))
+    {
+        return Err(ApiError::client(
+            "InvalidVpc.Range",
+            format!("The CIDR '{cidr}' is restricted: {r} cannot be used in a VPC."),
+        ));
+    }
+    Ok(())
+}
+
 impl Model {
+    /// The VPC `id` when `caller` owns it; another account's VPC is NotFound to it, as in EC2.
+    pub fn own_vpc(&self, id: &str, caller: &str) -> Result<&Vpc, ApiError> {
+        check_id(id, "vpc-", "InvalidVpcID.Malformed")?;
+        self.vpcs
+            .get(id)
+            .filter(|v| v.owner == caller)
+            .ok_or_else(|| not_found("InvalidVpcID.NotFound", "vpc", id))
+    }
+
+    /// The account that owns VPC `vpc` (the default account for an unknown one).
+    pub fn owner_of(&self, vpc: &str) -> &str {
+        self.vpcs.get(vpc).map_or(&self.account, |v| &v.owner)
+    }
+
     // ---- VPCs, subnets, reservations ----------------------------------------------------
 
-    /// CreateVpc.
+    /// CreateVpc in the default account.
     pub fn create_vpc(&mut self, cidr: Ipv4Net, tags: Tags) -> Result<String, ApiError> {
-        if !(16..=28).contains(&cidr.prefix_len()) {
-            return Err(ApiError::client(
-                "InvalidVpc.Range",
-                format!("The CIDR '{cidr}' is invalid: a VPC is a /16 to a /28."),
-            ));
-        }
+        let owner = self.account.clone();
+        self.create_vpc_for(&owner, cidr, tags)
+    }
+
+    /// CreateVpc in `owner`'s account.
+    pub fn create_vpc_for(
+        &mut self,
+        owner: &str,
+        cidr: Ipv4Net,
+        tags: Tags,
+    ) -> Result<String, ApiError> {
+        check_vpc_range(&cidr)?;
         let id = self.next_id("vpc-");
         let default_sg = self.next_id("sg-");
+        let main_rtb = self.next_id("rtb-");
+        let main_assoc = self.next_id("rtbassoc-");
+        self.route_tables.insert(
+            main_rtb.clone(),
+            super::RouteTable::main(&main_rtb, &id, &main_assoc, cidr.trunc()),
+        );
         self.vpcs.insert(
             id.clone(),
             Vpc {
                 id: id.clone(),
+                owner: owner.to_owned(),
                 cidr: cidr.trunc(),
+                secondary_cidrs: Vec::new(),
                 default_sg,
                 ipv6: None,
                 tags,
@@ -93,10 +168,14 @@ impl Model {
             .vpcs
             .get(vpc)
             .ok_or_else(|| not_found("InvalidVpcID.NotFound", "vpc", vpc))?;
-        if !(16..=28).contains(&cidr.prefix_len()) || !v.cidr.contains(&cidr) {
+        if !(16..=28).contains(&cidr.prefix_len()) || !v.cidrs().any(|c| c.contains(&cidr)) {
+            let all: Vec<String> = v.cidrs().map(|c| c.to_string()).collect();
             return Err(ApiError::client(
                 "InvalidSubnet.Range",
-                format!("The CIDR '{cidr}' is invalid for VPC {vpc} ({}).", v.cidr),
+                format!(
+                    "The CIDR '{cidr}' is invalid for VPC {vpc} ({}).",
+                    all.join(", ")
+                ),
             ));
         }
         if let Some(other) = self.subnets.values().find(|s| {
@@ -125,6 +204,65 @@ impl Model {
             },
         );
         Ok(id)
+    }
+
+    /// AssociateVpcCidrBlock with an IPv4 CidrBlock: a secondary CIDR, within EC2's
+    /// restrictions (size, reserved ranges, another RFC 1918 range than the primary's, overlap
+    /// with the VPC's CIDRs or those of VPCs it is actively peered with, at most five). The
+    /// main route table gains its `local` route. Returns the association id.
+    pub fn associate_vpc_cidr(&mut self, vpc: &str, cidr: Ipv4Net) -> Result<String, ApiError> {
+        check_id(vpc, "vpc-", "InvalidVpcID.Malformed")?;
+        let v = self
+            .vpcs
+            .get(vpc)
+            .ok_or_else(|| not_found("InvalidVpcID.NotFound", "vpc", vpc))?;
+        let cidr = cidr.trunc();
+        check_vpc_range(&cidr)?;
+        if v.cidrs().count() >= MAX_VPC_CIDRS {
+            return Err(ApiError::client(
+                "CidrLimitExceeded",
+                format!("VPC {vpc} already has {MAX_VPC_CIDRS} IPv4 CIDR blocks."),
+            ));
+        }
+        if let Some(c) = v.cidrs().find(|c| c.contains(&cidr) || cidr.contains(c)) {
+            return Err(ApiError::client(
+                "InvalidVpc.Range",
+                format!("The CIDR '{cidr}' overlaps the VPC's CIDR {c}."),
+            ));
+        }
+        let (primary, secondary) = (rfc1918_of(&v.cidr), rfc1918_of(&cidr));
+        if secondary.is_some() && primary != secondary {
+            return Err(ApiError::client(
+                "InvalidVpc.Range",
+                format!(
+                    "The CIDR '{cidr}' is restricted: a VPC whose primary CIDR is {} cannot take a block from another RFC 1918 range.",
+                    v.cidr
+                ),
+            ));
+        }
+        for peer in self.active_peers_of(vpc) {
+            if let Some(c) = self.vpcs[&peer]
+                .cidrs()
+                .find(|c| c.contains(&cidr) || cidr.contains(c))
+            {
+                return Err(ApiError::client(
+                    "InvalidVpc.Range",
+                    format!(
+                        "The CIDR '{cidr}' overlaps {c} of {peer}, which VPC {vpc} is peered with."
+                    ),
+                ));
+            }
+        }
+        let assoc = self.next_id("vpc-cidr-assoc-");
+        self.vpcs
+            .get_mut(vpc)
+            .expect("checked")
+            .secondary_cidrs
+            .push((assoc.clone(), cidr));
+        for t in self.route_tables.values_mut().filter(|t| t.vpc == vpc) {
+            t.add_local(cidr);
+        }
+        Ok(assoc)
     }
 
     /// AssociateVpcCidrBlock with AmazonProvidedIpv6CidrBlock (or CreateVpc with it): a /56

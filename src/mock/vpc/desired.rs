@@ -85,7 +85,7 @@ impl Desired {
     /// The data plane `model` asks for at mock time `now_ms`.
     pub fn of(model: &Model, now_ms: u64, hotplug_ms: u64) -> Self {
         let mut d = Self {
-            vpc_cidrs: model.vpcs.values().map(|v| v.cidr).collect(),
+            vpc_cidrs: model.vpcs.values().flat_map(|v| v.cidrs()).collect(),
             vpc_cidrs6: model
                 .vpcs
                 .values()
