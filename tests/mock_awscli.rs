@@ -2,92 +2,14 @@
 //! running as its own process. The aws CLI comes from `scripts/test-all` (PREFIXD_AWS_CLI) or
 //! PATH; without it this test fails and says how to get it.
 
-use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use std::net::Ipv4Addr;
+
+use common::awscli::{Aws, MockProcess};
 use ipnet::Ipv4Net;
 use prefixd::core::Prefix28;
 use serde_json::Value;
-
-struct Mock {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_mock() -> Mock {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prefixd"))
-        .args(["mock-ec2", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prefixd mock-ec2");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).expect("mock-ec2 prints its endpoint as JSON");
-    Mock {
-        child,
-        endpoint: v["endpoint"].as_str().unwrap().to_owned(),
-    }
-}
-
-fn aws_binary() -> String {
-    if let Ok(p) = std::env::var("PREFIXD_AWS_CLI") {
-        return p;
-    }
-    let found = Command::new("aws").arg("--version").output();
-    match found {
-        Ok(o) if o.status.success() => "aws".into(),
-        _ => panic!(
-            "the aws CLI is needed for this test and was not found: run ./scripts/test-all \
-             (it installs it into ~/.cache/prefixd-awscli), or set PREFIXD_AWS_CLI"
-        ),
-    }
-}
-
-struct Aws {
-    bin: String,
-    endpoint: String,
-}
-
-impl Aws {
-    fn run(&self, args: &[&str]) -> Result<Value, String> {
-        let out = Command::new(&self.bin)
-            .args(["--endpoint-url", &self.endpoint, "--output", "json", "ec2"])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_DEFAULT_REGION", "us-west-2")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("AWS_MAX_ATTEMPTS", "1")
-            .output()
-            .expect("run the aws CLI");
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        if text.trim().is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
-    }
-
-    fn ok(&self, args: &[&str]) -> Value {
-        self.run(args)
-            .unwrap_or_else(|e| panic!("aws ec2 {}: {e}", args.join(" ")))
-    }
-}
 
 fn prefixes(eni: &Value) -> Vec<Prefix28> {
     eni["Ipv4Prefixes"]
@@ -102,12 +24,8 @@ fn prefixes(eni: &Value) -> Vec<Prefix28> {
 
 #[test]
 fn aws_cli_drives_the_prefix_delegation_path() {
-    let bin = aws_binary();
-    let mock = start_mock();
-    let aws = Aws {
-        bin,
-        endpoint: mock.endpoint.clone(),
-    };
+    let mock = MockProcess::start(None);
+    let aws: Aws = mock.aws();
 
     let vpc = aws.ok(&["create-vpc", "--cidr-block", "10.1.0.0/16"]);
     let vpc_id = vpc["Vpc"]["VpcId"].as_str().unwrap().to_owned();
@@ -307,11 +225,8 @@ fn ipv6_nets(v: &Value, list: &str, field: &str) -> Vec<ipnet::Ipv6Net> {
 fn aws_cli_drives_the_ipv6_path() {
     use ipnet::Ipv6Net;
     use std::net::Ipv6Addr;
-    let mock = start_mock();
-    let aws = Aws {
-        bin: aws_binary(),
-        endpoint: mock.endpoint.clone(),
-    };
+    let mock = MockProcess::start(None);
+    let aws: Aws = mock.aws();
     let vpc = aws.ok(&["create-vpc", "--cidr-block", "10.2.0.0/16"]);
     let vpc_id = vpc["Vpc"]["VpcId"].as_str().unwrap().to_owned();
     // A subnet cannot have IPv6 before its VPC does.

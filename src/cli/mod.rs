@@ -3,12 +3,13 @@
 //! `src/bin/prefixd.rs` only calls [`main`]. No domain imports this module.
 //!
 //! Subcommands: `agent` ([`agent`]), `plan` ([`plan`]), `status` ([`status`]), `install-cni`
-//! ([`install`]); with the `testbench` feature also `mock-ec2`, `demo` and `simulate`
-//! ([`testbench`]).
+//! ([`install`]), `capacity` and `ranges` ([`report`]); with the `testbench` feature also
+//! `mock-ec2`, `demo` and `simulate` ([`testbench`]).
 
 pub mod agent;
 pub mod install;
 pub mod plan;
+pub mod report;
 pub mod settings;
 pub mod status;
 #[cfg(feature = "testbench")]
@@ -44,6 +45,15 @@ pub enum Command {
     Agent(Box<SettingArgs<AgentTables>>),
     /// Print the running agent's pool as a table (from its introspection endpoint).
     Status(StatusArgs),
+    /// How many more nodes fit in the cluster's subnets under these warm targets, which subnet
+    /// runs out first and when: /28 maps, best and worst case per policy, a suggested prefix
+    /// reservation, the trend over earlier reports. Read-only; exit 0 clean, 1 findings, 2
+    /// could not read.
+    Capacity(Box<report::CapacityArgs>),
+    /// Every range the cluster can meet (VPC CIDRs, subnets, service range, peered VPCs, routes,
+    /// declared remote ranges, well-known ones) and which collide, routed or not; free ranges
+    /// to use instead. Read-only; exit 0 clean, 1 findings, 2 could not read.
+    Ranges(Box<report::RangesArgs>),
     /// Install prefixd-cni and the node conflist (the DaemonSet's init container); each file is
     /// written to a temp name and renamed, and the conflist is checked first.
     InstallCni(install::InstallCniArgs),
@@ -229,9 +239,12 @@ pub fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         #[cfg(feature = "testbench")]
         Command::Simulate(_) => "error",
+        Command::Capacity(_) | Command::Ranges(_) => "warn",
         _ => "info",
     });
     let result = match &cli.command {
+        Command::Capacity(args) => return report::run_capacity(args),
+        Command::Ranges(args) => return report::run_ranges(args),
         Command::Plan(args) => plan::run(args).map(|out| println!("{out}")),
         Command::Agent(args) => agent::run(&args.values),
         Command::Status(args) => status::run(args),

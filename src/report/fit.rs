@@ -256,14 +256,15 @@ pub fn nodes_that_fit(counts: &Counts, shape: &NodeShape) -> Fit {
     }
 }
 
-/// A suggested `prefix` reservation: CIDRs of wholly free blocks that EC2 would take prefixes
+/// A suggested `prefix` reservation: CIDRs of wholly free blocks (and of the blocks holding
+/// EC2's reserved addresses, which are never prefixes anyway) that EC2 would take prefixes
 /// from first, so that no new ENI's address can break them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Suggestion {
     /// The CIDRs to reserve (`aws ec2 create-subnet-cidr-reservation --reservation-type
     /// prefix --cidr …`), largest first.
     pub cidrs: Vec<ipnet::Ipv4Net>,
-    /// /28s they hold.
+    /// Free /28s they hold.
     pub blocks: u32,
     /// Nodes that fit with them in place (best and worst case are then the same).
     pub nodes: u32,
@@ -272,12 +273,11 @@ pub struct Suggestion {
 }
 
 /// At most this many CIDRs in a suggestion.
-const MAX_SUGGESTED_CIDRS: usize = 4;
+pub const MAX_SUGGESTED_CIDRS: usize = 8;
 
 /// The reservation that lets the most nodes of `shape` take their prefixes while keeping
 /// `headroom` free addresses, beyond the new nodes' own single addresses, outside it for the
-/// subnet's /32 users. `None` when no node more would fit, or when the existing reservations
-/// already give the best case.
+/// subnet's /32 users. `None` when it would not fit more nodes than the worst case without it.
 pub fn suggest_reservation(
     map: &SubnetMap,
     shape: &NodeShape,
@@ -288,12 +288,10 @@ pub fn suggest_reservation(
     if p == 0 {
         return None;
     }
-    let free: Vec<bool> = map.blocks.iter().map(|s| *s == BlockState::Free).collect();
     let attempt = |n: u32| -> Option<Suggestion> {
         let need = (n * p).saturating_sub(counts.free_reserved);
-        let cidrs = aligned_cover(map, &free, need)?;
-        let blocks: u32 = cidrs.iter().map(|c| 1u32 << (28 - c.prefix_len())).sum();
-        let outside = counts.loose_addresses + 16 * (counts.free - blocks);
+        let (cidrs, blocks, lost) = aligned_cover(map, need)?;
+        let outside = counts.loose_addresses - lost + 16 * (counts.free - blocks);
         (outside >= n * a + headroom).then_some(Suggestion {
             cidrs,
             blocks,
@@ -303,81 +301,76 @@ pub fn suggest_reservation(
     };
     // Feasibility only gets harder with more nodes: search the largest n that works.
     let (mut lo, mut hi) = (0u32, counts.free_slots() / p);
-    let mut best = None;
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        match attempt(mid) {
-            Some(s) => {
-                best = Some(s);
-                lo = mid;
-            }
-            None => hi = mid - 1,
+        if attempt(mid).is_some() {
+            lo = mid;
+        } else {
+            hi = mid - 1;
         }
     }
-    if best.as_ref().is_none_or(|b| b.nodes != lo) && lo > 0 {
-        best = attempt(lo);
-    }
-    let s = best?;
+    let s = attempt(lo).filter(|s| !s.cidrs.is_empty())?;
     let without = nodes_that_fit(&counts, shape);
-    (s.nodes > without.worst && !s.cidrs.is_empty()).then_some(s)
+    (s.nodes > without.worst).then_some(s)
 }
 
-/// Aligned CIDRs of wholly free blocks holding at least `need` blocks, largest first, at most
-/// [`MAX_SUGGESTED_CIDRS`] of them, wasting as little as it can: for each, the smallest
-/// aligned run that covers what is still needed, else the largest there is.
-fn aligned_cover(map: &SubnetMap, free: &[bool], need: u32) -> Option<Vec<ipnet::Ipv4Net>> {
-    let mut taken = free.to_vec();
-    let mut cidrs = Vec::new();
-    let mut left = need;
-    while left > 0 {
-        if cidrs.len() == MAX_SUGGESTED_CIDRS {
-            return None;
-        }
-        // Runs of 2^k free blocks, aligned to 2^k.
-        let run_free = |start: usize, len: usize, t: &[bool]| {
-            start + len <= t.len() && t[start..start + len].iter().all(|f| *f)
-        };
-        let max_k = (map.blocks.len() as f64).log2() as u32;
-        let mut pick = None;
-        // Smallest size that covers what is left.
+/// Aligned CIDRs holding exactly `need` free blocks where it can, in at most
+/// [`MAX_SUGGESTED_CIDRS`]: each time the aligned run (of free blocks and EC2-reserved ones)
+/// with the most free blocks that does not overshoot what is left, the last one rounded up.
+/// Returns the CIDRs (largest first), the free blocks in them and the loose addresses they
+/// take from /32 use.
+fn aligned_cover(map: &SubnetMap, need: u32) -> Option<(Vec<ipnet::Ipv4Net>, u32, u32)> {
+    let n = map.blocks.len();
+    let mut taken = vec![false; n];
+    let eligible = |i: usize, taken: &[bool]| {
+        !taken[i] && matches!(map.blocks[i], BlockState::Free | BlockState::Reserved)
+    };
+    let max_k = n.trailing_zeros();
+    let (mut cidrs, mut got, mut lost) = (Vec::new(), 0u32, 0u32);
+    while got < need {
+        let left = need - got;
+        let last = cidrs.len() + 1 == MAX_SUGGESTED_CIDRS;
+        // (free count, start, len) of the best run: the most free blocks ≤ left (or, for the
+        // last CIDR, the fewest ≥ left).
+        let mut best: Option<(u32, usize, usize)> = None;
         for k in 0..=max_k {
             let len = 1usize << k;
-            if (len as u32) < left {
-                continue;
-            }
-            if let Some(s) = (0..taken.len())
-                .step_by(len)
-                .find(|s| run_free(*s, len, &taken))
-            {
-                pick = Some((s, len));
-                break;
-            }
-        }
-        // Else the largest run there is.
-        if pick.is_none() {
-            for k in (0..=max_k).rev() {
-                let len = 1usize << k;
-                if let Some(s) = (0..taken.len())
-                    .step_by(len)
-                    .find(|s| run_free(*s, len, &taken))
-                {
-                    pick = Some((s, len));
-                    break;
+            for start in (0..n).step_by(len) {
+                if !(start..start + len).all(|i| eligible(i, &taken)) {
+                    continue;
+                }
+                let free = (start..start + len)
+                    .filter(|i| map.blocks[*i] == BlockState::Free)
+                    .count() as u32;
+                if free == 0 {
+                    continue;
+                }
+                let better = match best {
+                    None => !last || free >= left,
+                    Some((b, _, _)) if last => free >= left && free < b,
+                    Some((b, _, _)) => free <= left && free > b,
+                };
+                if better && (last || free <= left) {
+                    best = Some((free, start, len));
                 }
             }
         }
-        let (start, len) = pick?;
+        let (free, start, len) = best?;
         for t in &mut taken[start..start + len] {
-            *t = false;
+            *t = true;
         }
+        lost += map.loose_by_block[start..start + len]
+            .iter()
+            .map(|l| u32::from(*l))
+            .sum::<u32>();
+        got += free;
         let prefix_len = 28 - len.trailing_zeros() as u8;
         cidrs.push(
             ipnet::Ipv4Net::new(map.block(start).network(), prefix_len).expect("valid length"),
         );
-        left = left.saturating_sub(len as u32);
     }
     cidrs.sort_by_key(|c| (c.prefix_len(), c.network()));
-    Some(cidrs)
+    Some((cidrs, got, lost))
 }
 
 #[cfg(test)]
@@ -482,19 +475,41 @@ mod tests {
         assert!(sug.nodes > f.worst, "{sug:?}");
         assert!(sug.blocks >= sug.nodes * 3);
         assert!(sug.addresses_outside >= sug.nodes);
-        // Every suggested CIDR is made of free blocks.
+        // Every suggested CIDR is made of free blocks (and EC2's reserved ones).
         for c in &sug.cidrs {
             for b in c.subnets(28).unwrap() {
                 let i = ((u32::from(b.network()) - u32::from(map.cidr.network())) / 16) as usize;
-                assert_eq!(map.blocks[i], BlockState::Free);
+                assert!(matches!(
+                    map.blocks[i],
+                    BlockState::Free | BlockState::Reserved
+                ));
             }
         }
         // With it in place, the worst case is what it promised.
         let mut counts = map.counts;
         counts.free -= sug.blocks;
         counts.free_reserved += sug.blocks;
+        counts.loose_addresses = sug.addresses_outside - 16 * counts.free;
         let with = nodes_that_fit(&counts, &s);
-        assert_eq!(with.worst, sug.nodes.min(with.best));
-        assert!(with.worst >= sug.nodes);
+        assert!(with.worst >= sug.nodes, "{with:?} {sug:?}");
+    }
+
+    #[test]
+    fn on_a_fresh_slash20_the_reservation_reaches_the_best_case() {
+        let map = SubnetMap::build("10.0.0.0/20".parse().unwrap(), &[], &[]);
+        let s = prefixd_shape(m5_large(), &targets(1, 0, 0), Mode::Prefix, 30).unwrap();
+        let sug = suggest_reservation(&map, &s, 0).unwrap();
+        // 83 × 3 = 249 /28s in six CIDRs (/21 /22 /23 /24 /25 /27), 10.0.0.0/21 taking the
+        // first block's 12 loose addresses: 15 + 16 × 5 = 95 left for 83 ENIs.
+        assert_eq!(
+            (sug.nodes, sug.blocks, sug.cidrs.len()),
+            (83, 249, 6),
+            "{sug:?}"
+        );
+        assert_eq!(sug.addresses_outside, 95);
+        assert_eq!(
+            sug.cidrs[0],
+            "10.0.0.0/21".parse::<ipnet::Ipv4Net>().unwrap()
+        );
     }
 }

@@ -206,12 +206,37 @@ fn worth_reporting(a: &Range, b: &Range) -> bool {
     }
 }
 
+/// Whether `r` is the route to a peered VPC in the inventory (through that peering, within its
+/// CIDRs): the peer's range stands for it.
+fn route_to_listed_peer(r: &Range, inventory: &[Range]) -> bool {
+    r.route.as_ref().is_some_and(|i| {
+        i.target_kind == TargetKind::Peering
+            && inventory.iter().any(|p| {
+                p.kind == RangeKind::PeerVpc
+                    && p.owner.as_deref() == Some(i.target.as_str())
+                    && p.cidr.contains(&r.cidr)
+            })
+    })
+}
+
+/// Whether the pair (`sub`, `other`), `sub` a subnet, is already told by its VPC CIDR's pair:
+/// `other` covers the whole VPC CIDR that holds the subnet.
+fn told_by_vpc(sub: &Range, other: &Range, inventory: &[Range]) -> bool {
+    matches!(sub.kind, RangeKind::Subnet | RangeKind::PodSubnet)
+        && inventory.iter().any(|v| {
+            v.kind == RangeKind::VpcCidr
+                && v.cidr.contains(&sub.cidr)
+                && other.cidr.contains(&v.cidr)
+        })
+}
+
 /// Every overlap of `inventory` worth reporting, errors first.
 pub fn find(inventory: &[Range]) -> Vec<Overlap> {
     let usable = |r: &Range| {
         r.route
             .as_ref()
             .is_none_or(|i| !i.is_internet(&r.cidr) && i.state == "active")
+            && !route_to_listed_peer(r, inventory)
     };
     let out_routes: Vec<&Range> = inventory
         .iter()
@@ -224,7 +249,13 @@ pub fn find(inventory: &[Range]) -> Vec<Overlap> {
     let mut out = Vec::new();
     for (i, a) in inventory.iter().enumerate() {
         for b in &inventory[i + 1..] {
-            if !usable(a) || !usable(b) || !overlaps(&a.cidr, &b.cidr) || !worth_reporting(a, b) {
+            if !usable(a)
+                || !usable(b)
+                || !overlaps(&a.cidr, &b.cidr)
+                || !worth_reporting(a, b)
+                || told_by_vpc(a, b, inventory)
+                || told_by_vpc(b, a, inventory)
+            {
                 continue;
             }
             let overlap = common(&a.cidr, &b.cidr);
@@ -388,6 +419,7 @@ mod tests {
             range("172.20.0.0/16", PeerVpc, "pcx-1"),
             range("192.168.0.0/16", PeerVpc, "pcx-2"),
             range("192.168.8.0/21", Remote, "onprem"),
+            range("10.0.0.0/9", Remote, "big"),
             route("172.20.0.0/16", TargetKind::Peering, "pcx-1", "active"),
             route("10.0.0.0/8", TargetKind::TransitGateway, "tgw-1", "active"),
             route("0.0.0.0/0", TargetKind::InternetGateway, "igw-1", "active"),
@@ -399,15 +431,17 @@ mod tests {
             .iter()
             .map(|x| (x.severity, x.a.cidr.to_string(), x.b.cidr.to_string()))
             .collect();
-        // The service range collides with the peer, and a route reaches it: an error (twice:
-        // with the peer and with the route itself).
-        assert!(pairs.contains(&(
-            Severity::Error,
-            "172.20.0.0/16".into(),
-            "172.20.0.0/16".into()
-        )));
+        // The service range collides with the peer, and a route reaches it: an error, once
+        // (the route to the peer is the peer's).
+        let service_peer: Vec<&Overlap> = o
+            .iter()
+            .filter(|x| x.overlap.to_string() == "172.20.0.0/16")
+            .collect();
+        assert_eq!(service_peer.len(), 1, "{service_peer:?}");
+        assert_eq!(service_peer[0].severity, Severity::Error);
+        assert_eq!(service_peer[0].b.kind, PeerVpc);
         assert_eq!(
-            o[0].routed_by,
+            service_peer[0].routed_by,
             vec!["rtb-1: 172.20.0.0/16 → pcx-1 (active)"]
         );
         // Peer 2 and the declared range collide, with no route: a warning.
@@ -433,6 +467,15 @@ mod tests {
                 .iter()
                 .any(|(_, x, y)| x == "0.0.0.0/0" || y == "0.0.0.0/0")
         );
+        // A remote range over the whole VPC: told once, for the VPC CIDR, not again for its
+        // subnet; routed by the summary route through the transit gateway.
+        let big: Vec<&Overlap> = o
+            .iter()
+            .filter(|x| x.b.cidr.to_string() == "10.0.0.0/9")
+            .collect();
+        assert_eq!(big.len(), 1, "{big:?}");
+        assert_eq!(big[0].a.kind, VpcCidr);
+        assert_eq!(big[0].routed_by, vec!["rtb-1: 10.0.0.0/8 → tgw-1 (active)"]);
         assert_eq!(blackholes(&inv).len(), 1);
         // The negative control: without the route, the same collision is only a warning.
         let no_route: Vec<Range> = inv

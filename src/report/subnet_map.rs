@@ -123,6 +123,9 @@ pub struct SubnetMap {
     pub blocks: Vec<BlockState>,
     /// The counts.
     pub counts: Counts,
+    /// Loose free addresses in each block (what reserving the block would take from /32 use).
+    #[serde(skip)]
+    pub loose_by_block: Vec<u8>,
     /// ENIs breaking the most /28s, most first (at most ten).
     pub top_enis: Vec<Breaker>,
     /// Instances (or kinds of unattached ENI) breaking the most, most first (at most ten).
@@ -216,6 +219,7 @@ impl SubnetMap {
         );
         let ec2_reserved = |a: u32| a < 4 || u64::from(a) == size - 1;
         let mut blocks = Vec::with_capacity(nblocks as usize);
+        let mut loose_by_block = vec![0u8; nblocks as usize];
         let mut counts = Counts {
             blocks: nblocks,
             ..Counts::default()
@@ -257,6 +261,7 @@ impl SubnetMap {
                     if u64::from(off) < size && !ec2_reserved(off) && !used.contains(&a) && !in_res
                     {
                         counts.loose_addresses += 1;
+                        loose_by_block[i as usize] += 1;
                     }
                 }
             }
@@ -282,6 +287,7 @@ impl SubnetMap {
             cidr,
             blocks,
             counts,
+            loose_by_block,
             top_enis: top(by_eni),
             top_instances: top(by_instance),
         }

@@ -2,6 +2,7 @@
 //! aws-sdk-ec2 client pointed at it, and raw HTTP for what no SDK sends.
 #![allow(dead_code)]
 
+pub mod awscli;
 pub mod containerd;
 pub mod node;
 pub mod vpc;
