@@ -678,3 +678,292 @@ async fn differential_localstack_and_mock() {
         unexpected.join("\n")
     );
 }
+
+/// One observation of a report: what it is, what it was.
+type Obs = (&'static str, String);
+
+/// What the reports say about one scenario on one endpoint, by step.
+fn report_observations(endpoint: &str, keys: [(&str, &str); 2], cluster: &str) -> Vec<Obs> {
+    use common::awscli::{Aws, aws_binary};
+    use common::reports::{id, peered_accounts, prefixd};
+    let a = Aws {
+        bin: aws_binary(),
+        endpoint: endpoint.to_owned(),
+        key: "test".into(),
+    };
+    let (b, c) = (a.as_key(keys[0].0), a.as_key(keys[1].0));
+    let p = peered_accounts(&a, (&b, keys[0].1), (&c, keys[1].1), cluster);
+    let mut out: Vec<Obs> = Vec::new();
+    let mut step = |name: &'static str, v: String| out.push((name, v));
+    let overlapping = id(
+        &c.ok(&["create-vpc", "--cidr-block", "10.0.128.0/17"]),
+        &["Vpc", "VpcId"],
+    );
+    let failed = a.ok(&[
+        "create-vpc-peering-connection",
+        "--vpc-id",
+        &p.vpc,
+        "--peer-vpc-id",
+        &overlapping,
+        "--peer-owner-id",
+        keys[1].1,
+    ]);
+    step(
+        "peering of overlapping VPCs",
+        failed["VpcPeeringConnection"]["Status"]["Code"].to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("remote.txt");
+    std::fs::write(&remote, "100.64.0.0/10 branch offices\n").unwrap();
+    let r = prefixd(
+        endpoint,
+        &[
+            "ranges",
+            "--cluster",
+            cluster,
+            "--pod-subnet",
+            &p.pod_subnet,
+            "--remote",
+            remote.to_str().unwrap(),
+            "--suggest",
+            "/16",
+            "--json",
+        ],
+        &[],
+    );
+    step("ranges exit code", r.code.to_string());
+    let j = r.json();
+    step("ranges account", j["account"].to_string());
+    let overlaps: Vec<String> = j["overlaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {} {}×{} routed:{}",
+                o["severity"],
+                o["overlap"],
+                o["a"]["kind"],
+                o["b"]["kind"],
+                !o["routed_by"].as_array().unwrap().is_empty()
+            )
+        })
+        .collect();
+    step("ranges overlaps", overlaps.join("; "));
+    let kinds: Vec<String> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].to_string())
+        .collect();
+    step("ranges findings", kinds.join(" "));
+    let mut inv: Vec<String> = j["inventory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] != "route" || !r["cidr"].as_str().unwrap().starts_with("10.99."))
+        .map(|r| format!("{} {}", r["cidr"], r["kind"]))
+        .collect();
+    inv.sort();
+    step(
+        "ranges inventory (the deleted peering's route aside)",
+        inv.join(", "),
+    );
+    let dead = j["inventory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cidr"] == "10.99.0.0/16" && r["kind"] == "route")
+        .map(|r| r["route"]["state"].to_string())
+        .unwrap_or_default();
+    step("route through the deleted peering", dead);
+    step("ranges suggestions", j["suggestions"].to_string());
+    // Capacity: a /24 with an ENI at named addresses, a prefix and an explicit reservation,
+    // and a prefix asked for by name.
+    let vpc = id(
+        &a.ok(&["create-vpc", "--cidr-block", "10.55.0.0/16"]),
+        &["Vpc", "VpcId"],
+    );
+    let s = id(
+        &a.ok(&[
+            "create-subnet",
+            "--vpc-id",
+            &vpc,
+            "--cidr-block",
+            "10.55.0.0/24",
+        ]),
+        &["Subnet", "SubnetId"],
+    );
+    let eni = id(
+        &a.ok(&[
+            "create-network-interface",
+            "--subnet-id",
+            &s,
+            "--private-ip-addresses",
+            "PrivateIpAddress=10.55.0.20,Primary=true",
+            "PrivateIpAddress=10.55.0.100,Primary=false",
+            "--description",
+            "ELB app/web",
+        ]),
+        &["NetworkInterface", "NetworkInterfaceId"],
+    );
+    let _ = a.run(&[
+        "assign-private-ip-addresses",
+        "--network-interface-id",
+        &eni,
+        "--ipv4-prefixes",
+        "10.55.0.48/28",
+    ]);
+    for (cidr, kind) in [("10.55.0.128/27", "prefix"), ("10.55.0.224/28", "explicit")] {
+        a.ok(&[
+            "create-subnet-cidr-reservation",
+            "--subnet-id",
+            &s,
+            "--cidr",
+            cidr,
+            "--reservation-type",
+            kind,
+        ]);
+    }
+    let cap = prefixd(
+        endpoint,
+        &[
+            "capacity",
+            "--subnet",
+            &s,
+            "--instance-type",
+            "m5.large",
+            "--pods",
+            "30",
+            "--json",
+        ],
+        &[],
+    );
+    step("capacity exit code", cap.code.to_string());
+    let cj = cap.json();
+    let sub = &cj["subnets"][0];
+    step("capacity /28 map", sub["map"]["blocks"].to_string());
+    let mut counts = sub["map"]["counts"].clone();
+    counts.as_object_mut().unwrap().remove("allocated");
+    step("capacity counts (allocated aside)", counts.to_string());
+    step(
+        "capacity allocated /28s",
+        sub["map"]["counts"]["allocated"].to_string(),
+    );
+    step("capacity fit", sub["fit"].to_string());
+    step(
+        "capacity AvailableIpAddressCount",
+        sub["available"].to_string(),
+    );
+    let _ = (&p.pcx_c, &p.tgw);
+    out
+}
+
+/// Where LocalStack's answers to the reports' calls differ from EC2's (and the mock's), and why.
+const REPORT_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "peering of overlapping VPCs",
+        "LocalStack leaves it initiating-request; EC2 fails it (overlapping CIDRs). The report leaves both out.",
+    ),
+    (
+        "ranges account",
+        "LocalStack's default account is 000000000000, the mock's 123456789012",
+    ),
+    (
+        "ranges findings",
+        "no blackhole (LocalStack keeps a route through a deleted peering active), and one overlap more (the pending peering)",
+    ),
+    (
+        "route through the deleted peering",
+        "active on LocalStack, blackhole on EC2",
+    ),
+    (
+        "capacity /28 map",
+        "LocalStack assigns no prefix (the named /28 stays free)",
+    ),
+    (
+        "capacity counts (allocated aside)",
+        "the named /28 counts as free on LocalStack",
+    ),
+    (
+        "capacity allocated /28s",
+        "LocalStack assigns no prefix: 0 allocated",
+    ),
+    (
+        "capacity AvailableIpAddressCount",
+        "the /28 LocalStack did not assign is 16 addresses more available",
+    ),
+    (
+        "ranges overlaps",
+        "LocalStack lists the peering of overlapping VPCs as pending: its VPC collides with ours",
+    ),
+    (
+        "ranges inventory (the deleted peering's route aside)",
+        "the pending peering of overlapping VPCs: its 10.0.128.0/17 is in LocalStack's inventory",
+    ),
+];
+
+#[test]
+fn reports_differential_localstack_and_mock() {
+    let ep = require_localstack();
+    // LocalStack takes a 12-digit access key id as the account; the mock is told the same.
+    let keys = [
+        ("222233334444", "222233334444"),
+        ("333344445555", "333344445555"),
+    ];
+    let mock = common::awscli::MockProcess::start(None);
+    for (k, acct) in keys {
+        mock.admin(
+            "/_mock/accounts",
+            &serde_json::json!({"access_key": k, "account": acct}),
+        );
+    }
+    let cluster = format!(
+        "ls-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let ls = report_observations(&ep, keys, &cluster);
+    let mk = report_observations(&mock.endpoint, keys, &cluster);
+    let expected: BTreeMap<&str, &str> = REPORT_DIFFERENCES.iter().copied().collect();
+    let mut report = Vec::new();
+    let mut unexpected = Vec::new();
+    for ((name, l), (_, m)) in ls.iter().zip(mk.iter()) {
+        let same = l == m;
+        report.push(format!(
+            "{name:<52} localstack={l} mock={m}{}",
+            if same { "" } else { "  DIFFERENT" }
+        ));
+        match (same, expected.get(name)) {
+            (true, Some(why)) => unexpected.push(format!(
+                "{name}: listed as a difference ({why}) but both agree now"
+            )),
+            (false, None) => unexpected.push(format!("{name}: localstack {l} vs mock {m}")),
+            _ => {}
+        }
+    }
+    let text = report.join("\n");
+    eprintln!("{text}");
+    assert!(
+        unexpected.is_empty(),
+        "unexpected differences:\n{}\n\nfull report:\n{text}",
+        unexpected.join("\n")
+    );
+    // What both must say: the routed service-range collision, the unrouted Docker one.
+    for obs in [&ls, &mk] {
+        let overlaps = &obs.iter().find(|(n, _)| *n == "ranges overlaps").unwrap().1;
+        assert!(
+            overlaps
+                .contains("\"error\" \"172.20.0.0/16\" \"service-range\"×\"peer-vpc\" routed:true"),
+            "{overlaps}"
+        );
+        assert!(
+            overlaps
+                .contains("\"warning\" \"172.17.0.0/16\" \"peer-vpc\"×\"well-known\" routed:false"),
+            "{overlaps}"
+        );
+    }
+}

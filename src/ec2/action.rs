@@ -22,8 +22,12 @@ pub enum Action {
     AssociateSubnetCidrBlock,
     /// AssociateVpcCidrBlock (the mock's set-up).
     AssociateVpcCidrBlock,
+    /// AttachInternetGateway (the mock's set-up).
+    AttachInternetGateway,
     /// AttachNetworkInterface.
     AttachNetworkInterface,
+    /// CreateInternetGateway (the mock's set-up).
+    CreateInternetGateway,
     /// CreateManagedPrefixList (the mock's set-up).
     CreateManagedPrefixList,
     /// CreateNetworkInterface.
@@ -109,7 +113,9 @@ impl Action {
         Self::AssociateRouteTable,
         Self::AssociateSubnetCidrBlock,
         Self::AssociateVpcCidrBlock,
+        Self::AttachInternetGateway,
         Self::AttachNetworkInterface,
+        Self::CreateInternetGateway,
         Self::CreateManagedPrefixList,
         Self::CreateNetworkInterface,
         Self::CreateRoute,
@@ -170,7 +176,9 @@ impl Action {
             Self::AssociateRouteTable => "AssociateRouteTable",
             Self::AssociateSubnetCidrBlock => "AssociateSubnetCidrBlock",
             Self::AssociateVpcCidrBlock => "AssociateVpcCidrBlock",
+            Self::AttachInternetGateway => "AttachInternetGateway",
             Self::AttachNetworkInterface => "AttachNetworkInterface",
+            Self::CreateInternetGateway => "CreateInternetGateway",
             Self::CreateManagedPrefixList => "CreateManagedPrefixList",
             Self::CreateNetworkInterface => "CreateNetworkInterface",
             Self::CreateRoute => "CreateRoute",

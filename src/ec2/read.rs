@@ -82,6 +82,8 @@ pub struct ReservationRecord {
 pub struct EniRecord {
     /// Its id.
     pub id: EniId,
+    /// Its subnet.
+    pub subnet: SubnetId,
     /// Every private address (the primary included).
     pub addresses: Vec<Ipv4Addr>,
     /// Its /28 prefixes.
@@ -222,7 +224,9 @@ pub struct PrefixListRecord {
 }
 
 /// EC2 as the reports read it. Every method is one Describe, paginated to the end (two for
-/// [`Ec2Read::peerings`], one filtered by each side).
+/// [`Ec2Read::peerings`], one filtered by each side). What a method promises (a subnet's ENIs,
+/// a VPC's route tables) it also checks in the answer: an endpoint that ignores a filter
+/// (LocalStack ignores the peering sides') must not slip others' resources into a report.
 pub trait Ec2Read: Send + Sync {
     /// DescribeInstances for one instance.
     fn instance(&self, id: &InstanceId) -> impl Future<Output = Result<InstanceInfo, Ec2Error>>;

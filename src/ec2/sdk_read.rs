@@ -254,6 +254,10 @@ impl Ec2Read for SdkRead {
             },
         )
         .await
+        .map(|v: Vec<SubnetRecord>| match q {
+            SubnetQuery::Vpc(vpc) => v.into_iter().filter(|s| &s.vpc == vpc).collect(),
+            _ => v,
+        })
     }
 
     async fn reservations(&self, subnet: &SubnetId) -> Result<Vec<ReservationRecord>, Ec2Error> {
@@ -325,6 +329,7 @@ impl Ec2Read for SdkRead {
                         }
                         Some(EniRecord {
                             id: n.network_interface_id()?.parse().ok()?,
+                            subnet: n.subnet_id()?.parse().ok()?,
                             addresses,
                             prefixes: n
                                 .ipv4_prefixes()
@@ -348,6 +353,7 @@ impl Ec2Read for SdkRead {
             },
         )
         .await
+        .map(|v: Vec<EniRecord>| v.into_iter().filter(|e| &e.subnet == subnet).collect())
     }
 
     async fn vpcs(&self, ids: &[String]) -> Result<Vec<VpcRecord>, Ec2Error> {
@@ -443,7 +449,8 @@ impl Ec2Read for SdkRead {
             )
             .await?;
             for p in got {
-                if !out.iter().any(|o| o.id == p.id) {
+                let ours = p.requester.vpc == vpc || p.accepter.vpc == vpc;
+                if ours && !out.iter().any(|o| o.id == p.id) {
                     out.push(p);
                 }
             }
@@ -469,6 +476,7 @@ impl Ec2Read for SdkRead {
                     p.route_tables()
                         .iter()
                         .filter_map(route_table_record)
+                        .filter(|t| t.vpc == vpc)
                         .collect(),
                     next(p.next_token()),
                 )

@@ -81,6 +81,14 @@ impl AddressSpace {
             .saturating_sub(self.used_count)
     }
 
+    /// Free addresses (not EC2's reserved ones) inside `ranges`.
+    pub fn free_in(&self, ranges: &[Ipv4Net]) -> u32 {
+        (0..self.size())
+            .filter(|i| self.free(*i))
+            .filter(|i| Self::in_any(ranges, Ipv4Addr::from(self.base() + i)))
+            .count() as u32
+    }
+
     fn mark(&mut self, i: u32, used: bool) {
         if self.used[i as usize] != used {
             self.used[i as usize] = used;

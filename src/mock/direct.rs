@@ -156,7 +156,7 @@ impl Ec2 for DirectEc2 {
                     Ok(SubnetInfo {
                         id: id.clone(),
                         cidr: s.space.net().to_string(),
-                        available: s.space.available(),
+                        available: m.available_in(s),
                         ipv6_cidrs: s.ipv6.iter().map(|(_, sp)| sp.net()).collect(),
                     })
                 })

@@ -323,6 +323,7 @@ mod tests {
     ) -> EniRecord {
         EniRecord {
             id: id.parse::<EniId>().expect("a valid ENI id"),
+            subnet: "subnet-1".parse().expect("valid"),
             addresses: addresses
                 .iter()
                 .map(|a| a.parse().expect("an address"))

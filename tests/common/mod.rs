@@ -5,6 +5,7 @@
 pub mod awscli;
 pub mod containerd;
 pub mod node;
+pub mod reports;
 pub mod vpc;
 
 use std::io::{Read, Write};

@@ -58,6 +58,8 @@ pub const ACTIONS: &[Action] = &[
     Action::GetManagedPrefixListEntries,
     Action::CreateTransitGateway,
     Action::DeleteTransitGateway,
+    Action::CreateInternetGateway,
+    Action::AttachInternetGateway,
 ];
 
 /// Answers one request of `caller` (an account id). `now_ms` is the mock's clock (for
@@ -118,6 +120,8 @@ pub fn handle(
         Action::GetManagedPrefixListEntries => routing::prefix_list_entries(model, c, p, &mut x)?,
         Action::CreateTransitGateway => routing::create_transit_gateway(model, c, p, &mut x)?,
         Action::DeleteTransitGateway => routing::delete_transit_gateway(model, c, p, &mut x)?,
+        Action::CreateInternetGateway => routing::create_internet_gateway(model, c, p, &mut x)?,
+        Action::AttachInternetGateway => routing::attach_internet_gateway(model, c, p, &mut x)?,
     }
     Ok(x.finish(name))
 }

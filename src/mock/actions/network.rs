@@ -11,7 +11,7 @@ use crate::mock::addr::ReservationKind;
 use crate::mock::model::{CidrReservation, Model, Subnet, Vpc};
 use crate::mock::wire::{Params, Xml};
 
-fn subnet_xml(x: &mut Xml, s: &Subnet, account: &str, region: &str) {
+fn subnet_xml(x: &mut Xml, s: &Subnet, available: u32, account: &str, region: &str) {
     x.leaf("subnetId", &s.id)
         .leaf(
             "subnetArn",
@@ -21,7 +21,7 @@ fn subnet_xml(x: &mut Xml, s: &Subnet, account: &str, region: &str) {
         .leaf("ownerId", account)
         .leaf("vpcId", &s.vpc)
         .leaf("cidrBlock", s.space.net())
-        .leaf("availableIpAddressCount", s.space.available())
+        .leaf("availableIpAddressCount", available)
         .leaf("availabilityZone", &s.az)
         .leaf("defaultForAz", false)
         .leaf("mapPublicIpOnLaunch", false)
@@ -59,7 +59,9 @@ pub(super) fn describe_subnets(
         .filter(|s| model.owner_of(&s.vpc) == caller);
     let (page, next) = select(p, visible, &ids, |s| &s.id, subnet_field)?;
     let region = &model.region;
-    x.set("subnetSet", page, |x, s| subnet_xml(x, s, caller, region));
+    x.set("subnetSet", page, |x, s| {
+        subnet_xml(x, s, model.available_in(s), caller, region)
+    });
     next_token(x, next);
     Ok(())
 }
@@ -289,7 +291,10 @@ pub(super) fn create_subnet(
         return Err(e);
     }
     let s = model.subnets[&id].clone();
-    x.node("subnet", |x| subnet_xml(x, &s, caller, &model.region));
+    let available = model.available_in(&s);
+    x.node("subnet", |x| {
+        subnet_xml(x, &s, available, caller, &model.region)
+    });
     Ok(())
 }
 

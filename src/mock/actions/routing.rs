@@ -492,6 +492,39 @@ pub(super) fn prefix_list_entries(
     Ok(())
 }
 
+// ---- internet gateways -----------------------------------------------------------------------
+
+pub(super) fn create_internet_gateway(
+    model: &mut Model,
+    caller: &str,
+    p: &Params,
+    x: &mut Xml,
+) -> Result<(), ApiError> {
+    let tags = p.tag_specs("internet-gateway")?;
+    let id = model.create_internet_gateway(caller, tags.clone());
+    x.node("internetGateway", |x| {
+        x.open("attachmentSet").close("attachmentSet");
+        x.leaf("internetGatewayId", &id).leaf("ownerId", caller);
+        tags_xml(x, &tags);
+    });
+    Ok(())
+}
+
+pub(super) fn attach_internet_gateway(
+    model: &mut Model,
+    caller: &str,
+    p: &Params,
+    x: &mut Xml,
+) -> Result<(), ApiError> {
+    model.attach_internet_gateway(
+        caller,
+        p.required("InternetGatewayId")?,
+        p.required("VpcId")?,
+    )?;
+    x.leaf("return", true);
+    Ok(())
+}
+
 // ---- transit gateways ------------------------------------------------------------------------
 
 fn tgw_xml(x: &mut Xml, t: &TransitGateway, region: &str) {

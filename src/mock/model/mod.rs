@@ -28,8 +28,8 @@ pub use eni::{Attachment, Eni, Ipv6Request};
 pub use instance::Instance;
 pub use network::{CidrReservation, MAX_VPC_CIDRS, Subnet, Vpc};
 pub use routing::{
-    MAX_PREFIX_LIST_ENTRIES, Peering, PeeringSide, PeeringState, PrefixList, Route, RouteDest,
-    RouteTable, RouteTarget, TransitGateway,
+    InternetGateway, MAX_PREFIX_LIST_ENTRIES, Peering, PeeringSide, PeeringState, PrefixList,
+    Route, RouteDest, RouteTable, RouteTarget, TransitGateway,
 };
 
 use super::ApiError;
@@ -94,6 +94,8 @@ pub struct Model {
     pub prefix_lists: BTreeMap<String, PrefixList>,
     /// Transit gateways by id.
     pub transit_gateways: BTreeMap<String, TransitGateway>,
+    /// Internet gateways by id.
+    pub internet_gateways: BTreeMap<String, InternetGateway>,
     /// Access key id → account id for callers of other accounts than [`Model::account`].
     pub access_keys: BTreeMap<String, String>,
     /// How long a new attachment stays `attaching`, in mock ms.
@@ -140,6 +142,7 @@ impl Model {
             route_tables: BTreeMap::new(),
             prefix_lists: BTreeMap::new(),
             transit_gateways: BTreeMap::new(),
+            internet_gateways: BTreeMap::new(),
             access_keys: BTreeMap::new(),
             attach_delay_ms: 0,
         }

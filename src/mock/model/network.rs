@@ -393,6 +393,13 @@ impl Model {
         })
     }
 
+    /// AvailableIpAddressCount of `subnet`: free addresses outside its `prefix` reservations
+    /// (a prefix reservation lowers the count: a whole-subnet one drives it to 0).
+    pub fn available_in(&self, subnet: &Subnet) -> u32 {
+        let (prefix, _) = self.reservation_ranges(&subnet.id);
+        subnet.space.available() - subnet.space.free_in(&prefix)
+    }
+
     pub(super) fn reservation_ranges(&self, subnet: &str) -> (Vec<Ipv4Net>, Vec<Ipv4Net>) {
         let mut prefix = Vec::new();
         let mut all = Vec::new();

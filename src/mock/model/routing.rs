@@ -73,7 +73,8 @@ pub struct Peering {
 pub enum RouteTarget {
     /// The VPC itself.
     Local,
-    /// An internet or virtual private gateway (igw-…, vgw-…): not modelled, always active.
+    /// An internet gateway (igw-…, attached to the VPC) or a virtual private gateway (vgw-…,
+    /// not modelled): always active.
     Gateway(String),
     /// A NAT gateway (nat-…): not modelled, always active.
     NatGateway(String),
@@ -180,6 +181,19 @@ pub struct TransitGateway {
     pub description: String,
     /// `available` or `deleted`.
     pub deleted: bool,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// An internet gateway.
+#[derive(Debug, Clone)]
+pub struct InternetGateway {
+    /// igw-…
+    pub id: String,
+    /// Its account.
+    pub owner: String,
+    /// The VPC it is attached to.
+    pub vpc: Option<String>,
     /// Tags.
     pub tags: Tags,
 }
@@ -367,6 +381,63 @@ impl Model {
             .get(id)
             .filter(|t| t.owner == caller)
             .ok_or_else(|| not_found("InvalidTransitGatewayID.NotFound", "transitGateway", id))
+    }
+
+    // ---- internet gateways ----------------------------------------------------------------
+
+    /// CreateInternetGateway: detached.
+    pub fn create_internet_gateway(&mut self, caller: &str, tags: Tags) -> String {
+        let id = self.next_id("igw-");
+        self.internet_gateways.insert(
+            id.clone(),
+            InternetGateway {
+                id: id.clone(),
+                owner: caller.to_owned(),
+                vpc: None,
+                tags,
+            },
+        );
+        id
+    }
+
+    /// AttachInternetGateway: one gateway per VPC, one VPC per gateway.
+    pub fn attach_internet_gateway(
+        &mut self,
+        caller: &str,
+        igw: &str,
+        vpc: &str,
+    ) -> Result<(), ApiError> {
+        self.own_vpc(vpc, caller)?;
+        let g = self.internet_gateway(igw, caller)?;
+        if let Some(v) = &g.vpc {
+            return Err(ApiError::client(
+                "Resource.AlreadyAssociated",
+                format!("resource {igw} is already attached to network {v}"),
+            ));
+        }
+        if let Some(other) = self
+            .internet_gateways
+            .values()
+            .find(|g| g.vpc.as_deref() == Some(vpc))
+        {
+            return Err(ApiError::client(
+                "Resource.AlreadyAssociated",
+                format!(
+                    "network {vpc} already has internet gateway {} attached",
+                    other.id
+                ),
+            ));
+        }
+        self.internet_gateways.get_mut(igw).expect("checked").vpc = Some(vpc.to_owned());
+        Ok(())
+    }
+
+    fn internet_gateway(&self, id: &str, caller: &str) -> Result<&InternetGateway, ApiError> {
+        check_id(id, "igw-", "InvalidInternetGatewayID.Malformed")?;
+        self.internet_gateways
+            .get(id)
+            .filter(|g| g.owner == caller)
+            .ok_or_else(|| not_found("InvalidInternetGatewayID.NotFound", "internetGateway", id))
     }
 
     // ---- prefix lists ---------------------------------------------------------------------
@@ -616,16 +687,20 @@ impl Model {
                     ));
                 }
             }
-            RouteTarget::Gateway(id) => {
-                let ok = ["igw-", "vgw-"]
-                    .iter()
-                    .any(|p| check_id(id, p, "InvalidGatewayID.Malformed").is_ok());
-                if !ok {
+            RouteTarget::Gateway(id) if id.starts_with("igw-") => {
+                let g = self.internet_gateway(id, caller)?;
+                if g.vpc.as_deref() != Some(vpc.as_str()) {
                     return Err(ApiError::client(
-                        "InvalidGatewayID.Malformed",
-                        format!("Invalid id: \"{id}\""),
+                        "InvalidParameterValue",
+                        format!(
+                            "route table {table} and network gateway {id} belong to different networks"
+                        ),
                     ));
                 }
+            }
+            RouteTarget::Gateway(id) => {
+                // Virtual private gateways are not modelled: any well-formed one is taken.
+                check_id(id, "vgw-", "InvalidGatewayID.Malformed")?;
             }
             RouteTarget::NatGateway(id) => {
                 check_id(id, "nat-", "InvalidNatGatewayID.Malformed")?;
