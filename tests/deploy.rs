@@ -186,3 +186,53 @@ fn the_daemonset_grants_exactly_what_the_data_plane_needs() {
     assert_eq!(list["plugins"][0]["type"], "prefixd-cni");
     assert_eq!(list["plugins"][1]["type"], "portmap");
 }
+
+#[test]
+fn the_reports_policy_grants_exactly_what_their_adapter_calls() {
+    // deploy/iam-reports-policy.json = ec2::read::ACTIONS = the actions src/ec2/sdk_read.rs
+    // names (tests/reports.rs also runs both reports under that policy alone and sees every
+    // action used and none refused).
+    let policy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("deploy/iam-reports-policy.json").unwrap())
+            .unwrap();
+    let mut granted = std::collections::BTreeSet::new();
+    for st in policy["Statement"].as_array().unwrap() {
+        assert_eq!(st["Effect"], "Allow");
+        assert_eq!(
+            st["Resource"], "*",
+            "EC2's Describe calls take no resource ARNs"
+        );
+        for a in st["Action"].as_array().unwrap() {
+            let a = a
+                .as_str()
+                .unwrap()
+                .strip_prefix("ec2:")
+                .expect("only ec2 actions");
+            let action: prefixd::ec2::Action = a.parse().unwrap();
+            assert!(
+                !action.is_mutating(),
+                "{a} changes EC2: the reports only read"
+            );
+            granted.insert(action);
+        }
+    }
+    let declared: std::collections::BTreeSet<_> =
+        prefixd::ec2::read::ACTIONS.iter().copied().collect();
+    assert_eq!(granted, declared);
+    let src = std::fs::read_to_string("src/ec2/sdk_read.rs").unwrap();
+    let named: std::collections::BTreeSet<prefixd::ec2::Action> = src
+        .split("Action::")
+        .skip(1)
+        .map(|part| {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            name.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        named, declared,
+        "the reports' adapter calls what ACTIONS lists"
+    );
+}

@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::awscli::{Aws, MockProcess};
 use common::reports::{Peered, Run, id};
@@ -895,4 +896,108 @@ fn the_reports_policy_is_exactly_what_they_call_and_refusals_name_the_permission
         throttled.err
     );
     let _ = (&p.vpc, Path::new("."));
+}
+
+/// The fit figure against the simulator on the same subnet: a scenario file (a /22 where
+/// other tenants hold two ENIs, one with a /28), `prefixd capacity` on it through the mock, and
+/// `prefixd simulate` launching nodes into it one after another until its /28s run out — with
+/// EC2 picking the new ENIs' addresses lowest first and at random.
+#[test]
+fn the_simulated_fleet_runs_out_between_the_worst_and_the_best_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("tenants.json");
+    std::fs::write(
+        &scenario,
+        json!({
+            "vpcs": [{"cidr": "10.0.0.0/16", "subnets": [{
+                "name": "pods", "cidr": "10.0.0.0/22",
+                "enis": [
+                    {"addresses": ["10.0.0.20", "10.0.0.100"], "description": "ELB app/web"},
+                    {"addresses": ["10.0.2.7"], "prefixes": ["10.0.1.0/28"], "description": "other cluster"}
+                ]
+            }]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mock = MockProcess::start(Some(&scenario));
+    let subnet = mock.start["names"]["pods"].as_str().unwrap().to_owned();
+    // 30 pods and no warm prefix: a node fits when it has its two /28s.
+    let cap = prefixd(
+        &mock,
+        &[
+            "capacity",
+            "--subnet",
+            &subnet,
+            "--instance-type",
+            "m5.large",
+            "--pods",
+            "30",
+            "--json",
+        ],
+        &[("WARM_PREFIX_TARGET", "0")],
+    );
+    assert_eq!(cap.code, 0, "{}", cap.err);
+    let c = cap.json();
+    assert_eq!(
+        c["subnets"][0]["map"]["blocks"].as_str().unwrap()[..36].to_owned(),
+        "-x....x.........#...............x..."
+    );
+    let fit = fit_of(&c["subnets"][0], "prefixd WARM_PREFIX_TARGET=0");
+    let (worst, best) = (
+        fit["worst"].as_u64().unwrap(),
+        fit["best"].as_u64().unwrap(),
+    );
+    // 58 free /28s, 72 loose /32s: best ⌊58/2⌋ = 29, worst n·2 + n ≤ 58 → 19.
+    assert_eq!((worst, best), (19, 29));
+    let nodes = best + 6;
+    for (addresses, expect) in [("lowest", Some(best)), ("scattered", None)] {
+        let profile = dir.path().join(format!("fill-{addresses}.json"));
+        std::fs::write(
+            &profile,
+            json!({
+                "name": format!("fill-{addresses}"),
+                "description": "nodes launched one a minute into the tenants' subnet",
+                "nodes": nodes,
+                "instance_type": "m5.large",
+                "scenario": "tenants.json",
+                "subnet": "pods",
+                "launch_at_boot": true,
+                "addresses": addresses,
+                "boot_spread": format!("{}s", 60 * nodes),
+                "duration": format!("{}s", 60 * nodes + 300),
+                "seed": 7,
+                "phases": [{"kind": "scale_up", "at": "0s", "pods_per_node": 30}],
+                "policies": [{"agent": "prefixd", "env": {"WARM_PREFIX_TARGET": "0", "SECONDARY_IP_FALLBACK": "false"}}]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_prefixd"))
+            .args(["simulate", "--profile", profile.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let p = &r["policies"][0];
+        let served = p["nodes_served"].as_u64().unwrap();
+        assert_eq!(p["nodes_with_pods"], nodes);
+        assert!(
+            (worst..=best).contains(&served),
+            "{addresses}: {served} nodes fit in the simulation, outside [{worst}, {best}]"
+        );
+        assert!(
+            p["insufficient_cidr"].as_u64().unwrap() > 0,
+            "the subnet did run out"
+        );
+        if let Some(e) = expect {
+            // Lowest first, new ENIs' addresses fill the loose space: the best case exactly.
+            assert_eq!(served, e, "{addresses}");
+        }
+        eprintln!("{addresses}: {served} of {nodes} nodes served; report said {worst} to {best}");
+    }
 }

@@ -27,12 +27,24 @@ impl ReservationKind {
     }
 }
 
+/// How EC2 picks an address nobody named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressChoice {
+    /// The lowest free address (packs new ENIs' addresses together: the best case for /28s).
+    #[default]
+    Lowest,
+    /// Anywhere free, at random (as EC2 appears to: every new ENI's address can break a /28).
+    Scattered,
+}
+
 /// Every address of one subnet.
 #[derive(Debug, Clone)]
 pub struct AddressSpace {
     net: Ipv4Net,
     used: Vec<bool>,
     used_count: u32,
+    scatter: Option<crate::core::rng::XorShift64>,
 }
 
 impl AddressSpace {
@@ -43,7 +55,19 @@ impl AddressSpace {
             net,
             used: vec![false; size],
             used_count: 0,
+            scatter: None,
         }
+    }
+
+    /// How unnamed addresses are picked from now on (`seed` for [`AddressChoice::Scattered`]).
+    pub fn set_choice(&mut self, choice: AddressChoice, seed: u64) {
+        self.scatter = match choice {
+            AddressChoice::Lowest => None,
+            AddressChoice::Scattered => Some(crate::core::rng::XorShift64::from_text(
+                &self.net.to_string(),
+                seed,
+            )),
+        };
     }
 
     /// The subnet's CIDR.
@@ -191,16 +215,29 @@ impl AddressSpace {
         Ok(p)
     }
 
-    /// Draws `n` free addresses outside every reservation, lowest first.
+    /// Draws `n` free addresses outside every reservation: the lowest, or anywhere at random
+    /// (see [`AddressChoice`]).
     pub fn take_ips(&mut self, n: u32, all_res: &[Ipv4Net]) -> Result<Vec<Ipv4Addr>, ApiError> {
         let mut got = Vec::new();
-        for i in 0..self.size() {
-            if got.len() == n as usize {
-                break;
+        let eligible =
+            |s: &Self, i: u32| s.free(i) && !Self::in_any(all_res, Ipv4Addr::from(s.base() + i));
+        if self.scatter.is_some() {
+            let mut cands: Vec<u32> = (0..self.size()).filter(|i| eligible(self, *i)).collect();
+            let rng = self.scatter.as_mut().expect("checked");
+            for k in 0..(n as usize).min(cands.len()) {
+                let j = k + (rng.next_u64() % (cands.len() - k) as u64) as usize;
+                cands.swap(k, j);
             }
-            let a = Ipv4Addr::from(self.base() + i);
-            if self.free(i) && !Self::in_any(all_res, a) {
-                got.push(i);
+            cands.truncate(n as usize);
+            got = cands;
+        } else {
+            for i in 0..self.size() {
+                if got.len() == n as usize {
+                    break;
+                }
+                if eligible(self, i) {
+                    got.push(i);
+                }
             }
         }
         if got.len() < n as usize {

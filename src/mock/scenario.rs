@@ -64,6 +64,9 @@ pub struct Scenario {
     /// The emulated VPC data plane's settings (used with `--dataplane`).
     #[serde(default)]
     pub dataplane: super::vpc::DataplaneSpec,
+    /// How EC2 picks addresses nobody named: `lowest` (default) or `scattered`.
+    #[serde(default)]
+    pub addresses: super::addr::AddressChoice,
     /// Other accounts: access key id → 12-digit account id. A request signed with one of these
     /// keys acts in that account; any other key acts in the default account (123456789012).
     #[serde(default)]
@@ -299,6 +302,7 @@ impl Scenario {
             }
         };
         let mut model = Model::new(&self.region);
+        model.set_address_choice(self.addresses, self.seed);
         let mut control = Control::new(self.seed);
         let mut names = BTreeMap::new();
         for (i, v) in self.vpcs.iter().enumerate() {

@@ -134,6 +134,9 @@ struct PhaseRec {
 
 #[derive(Default)]
 struct Rec {
+    /// Pods created per node, and of those never served.
+    node_pods: Vec<u64>,
+    node_unserved: Vec<u64>,
     waits: Vec<Duration>,
     pods: u64,
     unserved: u64,
@@ -153,6 +156,8 @@ type Shared = Arc<Mutex<Rec>>;
 struct Ctx {
     profile: Profile,
     account: Arc<Account>,
+    /// The simulated nodes' instances (an account from a scenario holds others' ENIs too).
+    instances: Mutex<std::collections::HashSet<String>>,
     nodes: Vec<Arc<SimNode>>,
     rec: Shared,
     stop: watch::Receiver<bool>,
@@ -160,36 +165,70 @@ struct Ctx {
     origin: Instant,
 }
 
-fn build_account(p: &Profile) -> Result<(Model, Vec<InstanceId>), SimError> {
+/// The account, its nodes' subnet, and the nodes' instances when they launch before the run.
+fn build_account(p: &Profile) -> Result<(Model, String, Vec<InstanceId>), SimError> {
     let setup = |e: crate::mock::ApiError| SimError::Setup(e.to_string());
-    let net: ipnet::Ipv4Net = p.subnet_cidr.parse().expect("validated");
-    let mut model = Model::new("us-west-2");
-    let vpc_net = ipnet::Ipv4Net::new(net.network(), 16)
-        .expect("16 is a valid length")
-        .trunc();
-    let vpc = model.create_vpc(vpc_net, Tags::new()).map_err(setup)?;
-    let subnet = model
-        .create_subnet(&vpc, net.trunc(), Some("us-west-2a".into()), Tags::new())
-        .map_err(setup)?;
+    let (mut model, subnet) = match (p.scenario_path(), &p.subnet) {
+        (Some(path), Some(name)) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| SimError::Setup(format!("scenario {shown}: {e}")))?;
+            let built = crate::mock::Scenario::parse(&text, &shown)
+                .and_then(|s| s.build(&shown))
+                .map_err(|e| SimError::Setup(e.to_string()))?;
+            let subnet = built
+                .names
+                .get(name)
+                .filter(|id| id.starts_with("subnet-"))
+                .cloned()
+                .ok_or_else(|| {
+                    SimError::Setup(format!("scenario {shown} has no subnet named {name:?}"))
+                })?;
+            (built.model, subnet)
+        }
+        _ => {
+            let net: ipnet::Ipv4Net = p.subnet_cidr.parse().expect("validated");
+            let mut model = Model::new("us-west-2");
+            let vpc_net = ipnet::Ipv4Net::new(net.network(), 16)
+                .expect("16 is a valid length")
+                .trunc();
+            let vpc = model.create_vpc(vpc_net, Tags::new()).map_err(setup)?;
+            let subnet = model
+                .create_subnet(&vpc, net.trunc(), Some("us-west-2a".into()), Tags::new())
+                .map_err(setup)?;
+            (model, subnet)
+        }
+    };
+    if let Some(choice) = p.addresses {
+        model.set_address_choice(choice, p.seed);
+    }
     if p.latency {
         model.attach_delay_ms = 2_000;
     }
     let mut ids = Vec::new();
-    for i in 0..p.nodes {
-        let id = model
-            .run_instance(&p.instance_type, &subnet, vec![], "ami-sim".into(), 0)
-            .map_err(|e| {
+    if !p.launch_at_boot {
+        for i in 0..p.nodes {
+            ids.push(launch(&mut model, p, &subnet).map_err(|e| {
                 SimError::Setup(format!(
                     "node {i} of {}: {e}; give the profile a larger subnet_cidr",
                     p.nodes
                 ))
-            })?;
-        ids.push(id.parse().expect("the model makes valid ids"));
+            })?);
+        }
     }
     if p.fragment {
         model.fragment_subnet(&subnet).map_err(setup)?;
     }
-    Ok((model, ids))
+    Ok((model, subnet, ids))
+}
+
+fn launch(
+    model: &mut Model,
+    p: &Profile,
+    subnet: &str,
+) -> Result<InstanceId, crate::mock::ApiError> {
+    let id = model.run_instance(&p.instance_type, subnet, vec![], "ami-sim".into(), 0)?;
+    Ok(id.parse().expect("the model makes valid ids"))
 }
 
 async fn run_policy(
@@ -197,7 +236,7 @@ async fn run_policy(
     spec: &PolicySpec,
     cfg: AgentConfig,
 ) -> Result<PolicyReport, SimError> {
-    let (model, instances) = build_account(p)?;
+    let (model, subnet, instances) = build_account(p)?;
     let mut control = Control::new(p.seed);
     control.throttling = p.throttling;
     if p.latency {
@@ -224,11 +263,14 @@ async fn run_policy(
         .collect();
     let rec: Shared = Arc::new(Mutex::new(Rec {
         phases: p.phases.iter().map(|_| PhaseRec::default()).collect(),
+        node_pods: vec![0; p.nodes as usize],
+        node_unserved: vec![0; p.nodes as usize],
         ..Rec::default()
     }));
     let ctx = Arc::new(Ctx {
         profile: p.clone(),
         account: account.clone(),
+        instances: Mutex::new(instances.iter().map(|i| i.to_string()).collect()),
         nodes: nodes.clone(),
         rec: rec.clone(),
         stop: stop_rx.clone(),
@@ -236,12 +278,29 @@ async fn run_policy(
         origin,
     });
     let boot = p.duration_of(&p.boot_spread);
-    for (node, id) in nodes.iter().zip(&instances) {
+    for node in &nodes {
         let at = boot.mul_f64(node.index as f64 / f64::from(p.nodes));
-        let (ctx, node, id, cfg) = (ctx.clone(), node.clone(), id.clone(), cfg.clone());
+        let id = instances.get(node.index).cloned();
+        let (ctx, node, cfg, subnet) = (ctx.clone(), node.clone(), cfg.clone(), subnet.clone());
         let kind = spec.agent;
         tokio::spawn(async move {
             tokio::time::sleep(at).await;
+            let id = match id {
+                Some(id) => id,
+                None => match ctx.account.with_model(|m| launch(m, &ctx.profile, &subnet)) {
+                    Ok(id) => {
+                        ctx.instances
+                            .lock()
+                            .expect("instances")
+                            .insert(id.to_string());
+                        id
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = node.index, error = %e, "simulated node could not launch");
+                        return;
+                    }
+                },
+            };
             start_node(ctx, node, id, kind, cfg).await;
         });
     }
@@ -286,6 +345,10 @@ pub struct RunData {
     pub enis_peak: u64,
     /// Per phase.
     pub phases: Vec<PhaseReport>,
+    /// Nodes that had pods, and of those the ones every pod of which got an address.
+    pub nodes_with_pods: u64,
+    /// See `nodes_with_pods`.
+    pub nodes_served: u64,
 }
 
 fn rec_into(rec: Rec, p: &Profile, origin: Instant) -> RunData {
@@ -334,7 +397,16 @@ fn rec_into(rec: Rec, p: &Profile, origin: Instant) -> RunData {
         })
         .collect();
     let n = rec.samples.max(1) as f64;
+    let with_pods = rec.node_pods.iter().filter(|n| **n > 0).count() as u64;
+    let served = rec
+        .node_pods
+        .iter()
+        .zip(&rec.node_unserved)
+        .filter(|(p, u)| **p > 0 && **u == 0)
+        .count() as u64;
     RunData {
+        nodes_with_pods: with_pods,
+        nodes_served: served,
         waits: rec.waits,
         pods: rec.pods,
         unserved: rec.unserved,

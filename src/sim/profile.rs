@@ -108,6 +108,25 @@ pub struct Profile {
     /// Fragment the subnet so that no /28 is free (InsufficientCidrBlocks).
     #[serde(default)]
     pub fragment: bool,
+    /// A mock EC2 scenario (the file `prefixd mock-ec2 --scenario` takes; relative to the
+    /// profile's directory) whose account the fleet joins, with what other tenants already
+    /// hold; `subnet` names the subnet the nodes launch in. `subnet_cidr` is then not used.
+    #[serde(default)]
+    pub scenario: Option<String>,
+    /// The scenario's subnet (by name) the nodes launch in.
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// Launch each node's instance when it boots (its primary address taken then, as an
+    /// autoscaler's launches do), instead of all before the run.
+    #[serde(default)]
+    pub launch_at_boot: bool,
+    /// How EC2 picks addresses nobody named: `lowest` or `scattered` (default: the scenario's,
+    /// else lowest).
+    #[serde(default)]
+    pub addresses: Option<crate::mock::addr::AddressChoice>,
+    /// Where the profile was read from (scenario paths are relative to it).
+    #[serde(skip)]
+    pub source_dir: Option<std::path::PathBuf>,
     /// The workload.
     pub phases: Vec<Phase>,
     /// Policies compared on the same workload.
@@ -176,7 +195,22 @@ impl Profile {
                 Err(_) => return Err(ProfileError::Unknown(name_or_path.to_owned())),
             },
         };
-        Self::parse(&path, &text)
+        let mut p = Self::parse(&path, &text)?;
+        if !BUILTIN.iter().any(|(n, _)| *n == name_or_path) {
+            p.source_dir = std::path::Path::new(name_or_path)
+                .parent()
+                .map(|d| d.to_path_buf());
+        }
+        Ok(p)
+    }
+
+    /// The scenario file, resolved against the profile's directory.
+    pub fn scenario_path(&self) -> Option<std::path::PathBuf> {
+        let s = std::path::Path::new(self.scenario.as_ref()?);
+        Some(match &self.source_dir {
+            Some(d) if s.is_relative() => d.join(s),
+            _ => s.to_path_buf(),
+        })
     }
 
     /// Parses and validates a profile.
@@ -228,6 +262,12 @@ impl Profile {
                 "subnet_cidr {} must be a /16 to a /28 (EC2's range)",
                 self.subnet_cidr
             )));
+        }
+        if self.scenario.is_some() != self.subnet.is_some() {
+            return Err(self.invalid(
+                "scenario and subnet go together: the scenario's account, and the subnet (by \
+                 name) in it where the nodes launch",
+            ));
         }
         let duration = self.dur("duration", &self.duration)?;
         if duration.is_zero() || duration > Duration::from_secs(24 * 3600) {

@@ -71,6 +71,10 @@ pub struct PolicyReport {
     pub enis_peak: u64,
     /// Per phase.
     pub phases: Vec<PhaseReport>,
+    /// Nodes that had pods.
+    pub nodes_with_pods: u64,
+    /// Of those, the ones every pod of which got an address.
+    pub nodes_served: u64,
     /// Real time the run took, ms (not part of the deterministic result).
     #[serde(skip)]
     pub wall_ms: u64,
@@ -138,6 +142,8 @@ pub(super) fn summarize(spec: &PolicySpec, mut run: RunData, stats: Stats) -> Po
         prefixes_peak: run.prefixes_peak,
         enis_peak: run.enis_peak,
         phases: run.phases,
+        nodes_with_pods: run.nodes_with_pods,
+        nodes_served: run.nodes_served,
         wall_ms: 0,
     }
 }
@@ -211,6 +217,20 @@ impl Report {
                 p.prefixes_peak,
                 p.enis_peak
             );
+        }
+        if self
+            .policies
+            .iter()
+            .any(|p| p.nodes_served < p.nodes_with_pods)
+        {
+            let _ = writeln!(o, "\nNodes every pod of which got an address:\n");
+            for p in &self.policies {
+                let _ = writeln!(
+                    o,
+                    "- {}: {} of the {} nodes with pods",
+                    p.policy, p.nodes_served, p.nodes_with_pods
+                );
+            }
         }
         let mut actions: Vec<&String> = self.policies.iter().flat_map(|p| p.calls.keys()).collect();
         actions.sort();

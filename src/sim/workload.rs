@@ -39,6 +39,7 @@ pub(super) async fn pod_life(
         let mut r = ctx.rec.lock().expect("rec");
         r.pods += 1;
         r.phases[phase].pods += 1;
+        r.node_pods[node.index] += 1;
     }
     let mut rng = XorShift64::new(seed_of(ctx.profile.seed, id));
     let ended = loop {
@@ -70,6 +71,7 @@ pub(super) async fn pod_life(
             let mut r = ctx.rec.lock().expect("rec");
             r.unserved += 1;
             r.phases[phase].unserved += 1;
+            r.node_unserved[node.index] += 1;
         }
         return e;
     }
@@ -106,15 +108,22 @@ pub(super) async fn pod_life(
     ended
 }
 
-/// Samples what the account holds: every ENI in it is a simulated node's (or a detached one
-/// on its way out).
+/// Samples what the simulated nodes hold: the ENIs attached to their instances, or detached
+/// on their way out (tagged with one of them).
 pub(super) async fn sample(ctx: Arc<Ctx>, from: Duration) {
     let mut stop = ctx.stop.clone();
     tokio::time::sleep(from).await;
     loop {
+        let ours = ctx.instances.lock().expect("instances").clone();
         let (held, prefixes, enis) = ctx.account.read(|m| {
             let (mut h, mut p, mut e) = (0u64, 0u64, 0u64);
-            for x in m.enis.values() {
+            for x in m.enis.values().filter(|x| {
+                let of = match &x.attachment {
+                    Some(a) => Some(&a.instance),
+                    None => x.tags.get(crate::ec2::tags::INSTANCE_ID),
+                };
+                of.is_some_and(|i| ours.contains(i))
+            }) {
                 h += 16 * x.prefixes.len() as u64 + x.secondary.len() as u64;
                 p += x.prefixes.len() as u64;
                 e += 1;

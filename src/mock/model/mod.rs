@@ -98,6 +98,8 @@ pub struct Model {
     pub internet_gateways: BTreeMap<String, InternetGateway>,
     /// Access key id → account id for callers of other accounts than [`Model::account`].
     pub access_keys: BTreeMap<String, String>,
+    /// How subnets pick unnamed addresses (new subnets too), with its seed.
+    pub address_choice: (super::addr::AddressChoice, u64),
     /// How long a new attachment stays `attaching`, in mock ms.
     pub attach_delay_ms: u64,
 }
@@ -119,6 +121,14 @@ pub fn check_id(id: &str, prefix: &str, code: &str) -> Result<(), ApiError> {
 }
 
 impl Model {
+    /// How every subnet picks unnamed addresses from now on.
+    pub fn set_address_choice(&mut self, choice: super::addr::AddressChoice, seed: u64) {
+        for s in self.subnets.values_mut() {
+            s.space.set_choice(choice, seed);
+        }
+        self.address_choice = (choice, seed);
+    }
+
     /// The account of a caller that signed with `access_key` (the default account for a key
     /// not in [`Model::access_keys`]).
     pub fn account_of_key(&self, access_key: Option<&str>) -> &str {
@@ -144,6 +154,7 @@ impl Model {
             transit_gateways: BTreeMap::new(),
             internet_gateways: BTreeMap::new(),
             access_keys: BTreeMap::new(),
+            address_choice: Default::default(),
             attach_delay_ms: 0,
         }
     }

@@ -192,13 +192,15 @@ impl Model {
         }
         let id = self.next_id("subnet-");
         let az = az.unwrap_or_else(|| format!("{}a", self.region));
+        let mut space = AddressSpace::new(cidr.trunc());
+        space.set_choice(self.address_choice.0, self.address_choice.1);
         self.subnets.insert(
             id.clone(),
             Subnet {
                 id: id.clone(),
                 vpc: vpc.to_owned(),
                 az,
-                space: AddressSpace::new(cidr.trunc()),
+                space,
                 ipv6: None,
                 tags,
             },
