@@ -221,9 +221,11 @@ impl AddressSpace {
         let mut got = Vec::new();
         let eligible =
             |s: &Self, i: u32| s.free(i) && !Self::in_any(all_res, Ipv4Addr::from(s.base() + i));
-        if self.scatter.is_some() {
-            let mut cands: Vec<u32> = (0..self.size()).filter(|i| eligible(self, *i)).collect();
-            let rng = self.scatter.as_mut().expect("checked");
+        let cands: Option<Vec<u32>> = self
+            .scatter
+            .is_some()
+            .then(|| (0..self.size()).filter(|i| eligible(self, *i)).collect());
+        if let (Some(mut cands), Some(rng)) = (cands, self.scatter.as_mut()) {
             for k in 0..(n as usize).min(cands.len()) {
                 let j = k + (rng.next_u64() % (cands.len() - k) as u64) as usize;
                 cands.swap(k, j);
