@@ -550,6 +550,26 @@ fn capacity_finds_subnets_by_cluster_and_node_and_reads_the_trend() {
     );
     assert_eq!(r.code, 2);
     assert!(r.err.contains("WARM_IP_TARGET"), "{}", r.err);
+    // No credentials at all: said as such, not as a network fault.
+    let out = Command::new(env!("CARGO_BIN_EXE_prefixd"))
+        .args([
+            "capacity",
+            "--subnet",
+            &f.subnet,
+            "--instance-type",
+            "m5.large",
+        ])
+        .env_clear()
+        .env("AWS_ENDPOINT_URL", &mock.endpoint)
+        .env("AWS_REGION", "us-west-2")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no AWS credentials were found"), "{err}");
 }
 
 #[test]

@@ -65,6 +65,10 @@ where
             return Ec2Error::classified(action, e.code().unwrap_or("Unknown"), status, message);
         }
         SdkError::TimeoutError(_) => (ErrorClass::Transient, "Timeout"),
+        // No credentials is not a network fault: nothing comes of retrying it.
+        SdkError::DispatchFailure(_) if message.contains("CredentialsNotLoaded") => {
+            (ErrorClass::Unauthorized, "CredentialsNotLoaded")
+        }
         SdkError::DispatchFailure(_) => (ErrorClass::Transient, "DispatchFailure"),
         SdkError::ResponseError(_) => (ErrorClass::Transient, "ResponseError"),
         _ => (ErrorClass::Fatal, "ConstructionFailure"),

@@ -335,6 +335,30 @@ mod tests {
     }
 
     #[test]
+    fn scattered_addresses_are_free_unreserved_and_seed_determined() {
+        let draw = |seed| {
+            let mut s = space("10.0.0.0/24");
+            s.set_choice(AddressChoice::Scattered, seed);
+            let res: Ipv4Net = "10.0.0.128/25".parse().unwrap();
+            s.take_ips(20, &[res]).unwrap()
+        };
+        let a = draw(1);
+        assert_eq!(a, draw(1));
+        assert_ne!(a, draw(2));
+        let mut seen = std::collections::BTreeSet::new();
+        for ip in &a {
+            let last = ip.octets()[3];
+            assert!(
+                (4..128).contains(&last),
+                "{ip} is reserved or in the reservation"
+            );
+            assert!(seen.insert(*ip), "{ip} twice");
+        }
+        // Not the lowest twenty.
+        assert!(a.iter().any(|ip| ip.octets()[3] >= 24), "{a:?}");
+    }
+
+    #[test]
     fn reserved_addresses_and_available_count() {
         let mut s = space("10.0.0.0/24");
         assert_eq!(s.available(), 251);

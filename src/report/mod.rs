@@ -107,6 +107,13 @@ pub enum ReportError {
 
 impl From<Ec2Error> for ReportError {
     fn from(e: Ec2Error) -> Self {
+        if e.code == "CredentialsNotLoaded" {
+            return Self::Input(
+                "no AWS credentials were found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, or run where an instance or pod role provides them"
+                    .into(),
+            );
+        }
         match e.class {
             ErrorClass::Unauthorized => Self::Permission {
                 action: e.action,
