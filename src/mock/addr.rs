@@ -44,6 +44,10 @@ pub struct AddressSpace {
     net: Ipv4Net,
     used: Vec<bool>,
     used_count: u32,
+    /// Per aligned /28: addresses used or reserved by EC2 (0: the block is wholly free).
+    block_busy: Vec<u8>,
+    /// No address below this one is free (lowest-first draws start here).
+    first_free: u32,
     scatter: Option<crate::core::rng::XorShift64>,
 }
 
@@ -51,10 +55,16 @@ impl AddressSpace {
     /// A subnet with nothing used (its five reserved addresses aside).
     pub fn new(net: Ipv4Net) -> Self {
         let size = 1usize << (32 - net.prefix_len());
+        let mut block_busy = vec![0u8; size.div_ceil(16)];
+        for i in (0..4).chain([size - 1]) {
+            block_busy[i / 16] += 1;
+        }
         Self {
             net,
             used: vec![false; size],
             used_count: 0,
+            block_busy,
+            first_free: 4,
             scatter: None,
         }
     }
@@ -105,27 +115,38 @@ impl AddressSpace {
             .saturating_sub(self.used_count)
     }
 
-    /// Free addresses (not EC2's reserved ones) inside `ranges`.
+    /// Free addresses (not EC2's reserved ones) inside `ranges` (ranges do not overlap: they
+    /// are a subnet's reservations).
     pub fn free_in(&self, ranges: &[Ipv4Net]) -> u32 {
-        (0..self.size())
-            .filter(|i| self.free(*i))
-            .filter(|i| Self::in_any(ranges, Ipv4Addr::from(self.base() + i)))
-            .count() as u32
+        ranges
+            .iter()
+            .filter_map(|r| Some((self.index(r.network())?, self.index(r.broadcast())?)))
+            .map(|(lo, hi)| (lo..=hi).filter(|i| self.free(*i)).count() as u32)
+            .sum()
     }
 
     fn mark(&mut self, i: u32, used: bool) {
         if self.used[i as usize] != used {
             self.used[i as usize] = used;
+            let b = &mut self.block_busy[(i / 16) as usize];
             if used {
                 self.used_count += 1;
+                *b += 1;
+                if i == self.first_free {
+                    while self.first_free < self.size() && !self.free(self.first_free) {
+                        self.first_free += 1;
+                    }
+                }
             } else {
                 self.used_count -= 1;
+                *b -= 1;
+                self.first_free = self.first_free.min(i);
             }
         }
     }
 
     fn slash28_free(&self, start: u32) -> bool {
-        start + 16 <= self.size() && (start..start + 16).all(|i| self.free(i))
+        start + 16 <= self.size() && start % 16 == 0 && self.block_busy[(start / 16) as usize] == 0
     }
 
     fn in_any(ranges: &[Ipv4Net], i_addr: Ipv4Addr) -> bool {
@@ -159,14 +180,19 @@ impl AddressSpace {
                 s += 16;
             }
         }
-        let mut s = 0;
-        while s + 16 <= self.size() && starts.len() < n as usize {
+        for (k, busy) in self.block_busy.iter().enumerate() {
+            if starts.len() >= n as usize {
+                break;
+            }
+            let s = k as u32 * 16;
+            if *busy != 0 || s + 16 > self.size() {
+                continue;
+            }
             let a = Ipv4Addr::from(self.base() + s);
             let b = Ipv4Addr::from(self.base() + s + 15);
             if !Self::in_any(all_res, a) && !Self::in_any(all_res, b) {
                 consider(s, &mut starts);
             }
-            s += 16;
         }
         if starts.len() < n as usize {
             return Err(ApiError::client(
@@ -233,7 +259,7 @@ impl AddressSpace {
             cands.truncate(n as usize);
             got = cands;
         } else {
-            for i in 0..self.size() {
+            for i in self.first_free..self.size() {
                 if got.len() == n as usize {
                     break;
                 }

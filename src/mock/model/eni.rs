@@ -129,15 +129,20 @@ impl Model {
         } else {
             sgs
         };
-        // Take everything from a copy of the subnet so that a failure leaves nothing taken.
+        // All or nothing: a failure gives back what was taken.
         let (prefix_res, all_res) = self.reservation_ranges(subnet);
-        let mut space = self.subnets[subnet].space.clone();
+        let space = &mut self.subnets.get_mut(subnet).expect("checked").space;
         let primary = match primary_ip {
             Some(a) => space.take_ip(a)?,
             None => space.take_ips(1, &all_res)?[0],
         };
-        let (prefixes, secondary) = take(&mut space, &req, &prefix_res, &all_res)?;
-        self.subnets.get_mut(subnet).expect("checked").space = space;
+        let (prefixes, secondary) = match take(space, &req, &prefix_res, &all_res) {
+            Ok(t) => t,
+            Err(e) => {
+                space.put_ip(primary);
+                return Err(e);
+            }
+        };
         let id = self.next_id("eni-");
         let mac = self.next_mac();
         self.enis.insert(
@@ -205,22 +210,13 @@ impl Model {
                 ),
             ));
         }
-        let attached: Vec<&Attachment> = self
-            .enis
-            .values()
-            .filter_map(|x| x.attachment.as_ref())
-            .filter(|a| a.instance == instance)
-            .collect();
-        if let Some(a) = attached
-            .iter()
-            .find(|a| a.device_index == device_index && a.card_index == card_index)
-        {
-            let holder = self
-                .enis
-                .values()
-                .find(|x| x.attachment.as_ref().is_some_and(|y| y.id == a.id))
-                .map(|x| x.id.clone())
-                .unwrap_or_default();
+        let attached: Vec<&Eni> = self.enis_of(instance);
+        if let Some(holder) = attached.iter().find(|x| {
+            x.attachment
+                .as_ref()
+                .is_some_and(|a| a.device_index == device_index && a.card_index == card_index)
+        }) {
+            let holder = holder.id.clone();
             return Err(ApiError::client(
                 "InvalidParameterValue",
                 format!(
@@ -254,44 +250,66 @@ impl Model {
         }
         let id = self.next_id("eni-attach-");
         let ready_at_ms = now_ms.saturating_add(self.attach_delay_ms);
-        self.enis.get_mut(eni).expect("checked").attachment = Some(Attachment {
-            id: id.clone(),
-            instance: instance.to_owned(),
-            device_index,
-            card_index,
-            attached_at_ms: now_ms,
-            ready_at_ms,
-            attach_time: SystemTime::now(),
-            delete_on_termination: false,
-        });
+        self.set_attachment(
+            eni,
+            Some(Attachment {
+                id: id.clone(),
+                instance: instance.to_owned(),
+                device_index,
+                card_index,
+                attached_at_ms: now_ms,
+                ready_at_ms,
+                attach_time: SystemTime::now(),
+                delete_on_termination: false,
+            }),
+        );
         Ok(id)
+    }
+
+    /// Sets (or clears) an ENI's attachment, keeping the indexes by instance and by
+    /// attachment id.
+    pub(super) fn set_attachment(&mut self, eni: &str, a: Option<Attachment>) {
+        let e = self.enis.get_mut(eni).expect("a known ENI");
+        if let Some(old) = e.attachment.take() {
+            self.by_attachment.remove(&old.id);
+            if let Some(set) = self.by_instance.get_mut(&old.instance) {
+                set.remove(eni);
+                if set.is_empty() {
+                    self.by_instance.remove(&old.instance);
+                }
+            }
+        }
+        if let Some(new) = &a {
+            self.by_attachment.insert(new.id.clone(), eni.to_owned());
+            self.by_instance
+                .entry(new.instance.clone())
+                .or_default()
+                .insert(eni.to_owned());
+        }
+        e.attachment = a;
     }
 
     fn eni_by_attachment(&self, attachment: &str) -> Result<String, ApiError> {
         check_id(attachment, "eni-attach-", "InvalidAttachmentID.Malformed")?;
-        self.enis
-            .values()
-            .find(|e| e.attachment.as_ref().is_some_and(|a| a.id == attachment))
-            .map(|e| e.id.clone())
-            .ok_or_else(|| {
-                ApiError::client(
-                    "InvalidAttachmentID.NotFound",
-                    format!("Interface does not have attachment {attachment}"),
-                )
-            })
+        self.by_attachment.get(attachment).cloned().ok_or_else(|| {
+            ApiError::client(
+                "InvalidAttachmentID.NotFound",
+                format!("Interface does not have attachment {attachment}"),
+            )
+        })
     }
 
     /// DetachNetworkInterface.
     pub fn detach(&mut self, attachment: &str) -> Result<(), ApiError> {
         let eni = self.eni_by_attachment(attachment)?;
-        let e = self.enis.get_mut(&eni).expect("found");
+        let e = &self.enis[&eni];
         if e.attachment.as_ref().is_some_and(|a| a.device_index == 0) {
             return Err(ApiError::client(
                 "OperationNotPermitted",
                 format!("The network interface at device index 0 ({eni}) cannot be detached."),
             ));
         }
-        e.attachment = None;
+        self.set_attachment(&eni, None);
         Ok(())
     }
 
@@ -395,9 +413,8 @@ impl Model {
         }
         let subnet = e.subnet.clone();
         let (prefix_res, all_res) = self.reservation_ranges(&subnet);
-        let mut space = self.subnets[&subnet].space.clone();
-        let (prefixes, ips) = take(&mut space, &req, &prefix_res, &all_res)?;
-        self.subnets.get_mut(&subnet).expect("exists").space = space;
+        let space = &mut self.subnets.get_mut(&subnet).expect("exists").space;
+        let (prefixes, ips) = take(space, &req, &prefix_res, &all_res)?;
         let e = self.enis.get_mut(eni).expect("checked");
         e.prefixes.extend(prefixes.iter().copied());
         e.secondary.extend(ips.iter().copied());

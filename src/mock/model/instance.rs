@@ -70,17 +70,19 @@ impl Model {
             Tags::new(),
         )?;
         let att = self.next_id("eni-attach-");
-        let e = self.enis.get_mut(&eni).expect("just created");
-        e.attachment = Some(Attachment {
-            id: att,
-            instance: id.clone(),
-            device_index: 0,
-            card_index: 0,
-            attached_at_ms: now_ms,
-            ready_at_ms: now_ms,
-            attach_time: SystemTime::now(),
-            delete_on_termination: true,
-        });
+        self.set_attachment(
+            &eni,
+            Some(Attachment {
+                id: att,
+                instance: id.clone(),
+                device_index: 0,
+                card_index: 0,
+                attached_at_ms: now_ms,
+                ready_at_ms: now_ms,
+                attach_time: SystemTime::now(),
+                delete_on_termination: true,
+            }),
+        );
         self.instances.insert(
             id.clone(),
             Instance {
@@ -115,18 +117,13 @@ impl Model {
         let mut out = Vec::new();
         for id in ids {
             let was_running = self.instances[id].running;
-            let attached: Vec<String> = self
-                .enis
-                .values()
-                .filter(|e| e.attachment.as_ref().is_some_and(|a| &a.instance == id))
-                .map(|e| e.id.clone())
-                .collect();
+            let attached: Vec<String> = self.enis_of(id).iter().map(|e| e.id.clone()).collect();
             for eni in attached {
                 let delete = self.enis[&eni]
                     .attachment
                     .as_ref()
                     .is_some_and(|a| a.delete_on_termination);
-                self.enis.get_mut(&eni).expect("listed").attachment = None;
+                self.set_attachment(&eni, None);
                 if delete {
                     self.delete_eni(&eni)?;
                 }

@@ -98,6 +98,11 @@ pub struct Model {
     pub internet_gateways: BTreeMap<String, InternetGateway>,
     /// Access key id → account id for callers of other accounts than [`Model::account`].
     pub access_keys: BTreeMap<String, String>,
+    /// ENIs attached to each instance: kept by [`Model::set_attachment`] (a fleet's calls must
+    /// not scan the account).
+    by_instance: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Attachment id → ENI, kept the same way.
+    by_attachment: BTreeMap<String, String>,
     /// How subnets pick unnamed addresses (new subnets too), with its seed.
     pub address_choice: (super::addr::AddressChoice, u64),
     /// How long a new attachment stays `attaching`, in mock ms.
@@ -154,6 +159,8 @@ impl Model {
             transit_gateways: BTreeMap::new(),
             internet_gateways: BTreeMap::new(),
             access_keys: BTreeMap::new(),
+            by_instance: BTreeMap::new(),
+            by_attachment: BTreeMap::new(),
             address_choice: Default::default(),
             attach_delay_ms: 0,
         }
@@ -230,16 +237,14 @@ impl Model {
         Ok(())
     }
 
-    /// ENIs attached to `instance`, by device index.
+    /// ENIs attached to `instance`, by device index (from the index, not a scan).
     pub fn enis_of(&self, instance: &str) -> Vec<&Eni> {
         let mut v: Vec<&Eni> = self
-            .enis
-            .values()
-            .filter(|e| {
-                e.attachment
-                    .as_ref()
-                    .is_some_and(|a| a.instance == instance)
-            })
+            .by_instance
+            .get(instance)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.enis.get(id))
             .collect();
         v.sort_by_key(|e| {
             e.attachment
@@ -250,6 +255,8 @@ impl Model {
     }
 }
 
+/// Takes what `req` asks for from `space`, all or nothing: on an error, what was already taken
+/// is given back (no copy of the subnet is made: a /16 is 64 K addresses).
 pub(super) fn take(
     space: &mut AddressSpace,
     req: &IpRequest,
@@ -257,18 +264,30 @@ pub(super) fn take(
     all_res: &[Ipv4Net],
 ) -> Result<(Vec<Prefix28>, Vec<Ipv4Addr>), ApiError> {
     let mut prefixes = Vec::new();
-    for p in &req.prefixes {
-        prefixes.push(space.take_prefix(p)?);
-    }
-    if req.prefix_count > 0 {
-        prefixes.extend(space.take_prefixes(req.prefix_count, prefix_res, all_res)?);
-    }
     let mut ips = Vec::new();
-    for a in &req.ips {
-        ips.push(space.take_ip(*a)?);
-    }
-    if req.ip_count > 0 {
-        ips.extend(space.take_ips(req.ip_count, all_res)?);
+    let r = (|| {
+        for p in &req.prefixes {
+            prefixes.push(space.take_prefix(p)?);
+        }
+        if req.prefix_count > 0 {
+            prefixes.extend(space.take_prefixes(req.prefix_count, prefix_res, all_res)?);
+        }
+        for a in &req.ips {
+            ips.push(space.take_ip(*a)?);
+        }
+        if req.ip_count > 0 {
+            ips.extend(space.take_ips(req.ip_count, all_res)?);
+        }
+        Ok::<(), ApiError>(())
+    })();
+    if let Err(e) = r {
+        for p in prefixes {
+            space.put_prefix(p);
+        }
+        for a in ips {
+            space.put_ip(a);
+        }
+        return Err(e);
     }
     Ok((prefixes, ips))
 }
